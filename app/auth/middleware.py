@@ -1,0 +1,19 @@
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from app.auth.service import authenticate
+
+
+class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
+    """Every /api route but the health check needs `Authorization: Bearer <token>`."""
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthorizedException(detail="Missing bearer token")
+        state = connection.app.state
+        principal = await authenticate(state.clickhouse, state.operator_token, token.strip())
+        if principal is None:
+            raise NotAuthorizedException(detail="Unknown token")
+        return AuthenticationResult(user=principal, auth=None)

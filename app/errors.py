@@ -1,0 +1,83 @@
+"""Every error as JSON {"status_code", "detail", "extra"}; nothing internal (trace, SQL, names) reaches a client."""
+
+import logging
+import uuid
+
+import aiohttp
+from clickhouse_connect.driver.exceptions import OperationalError
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+
+log = logging.getLogger("app.errors")
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class StoreUnavailable(HTTPException):
+    """ClickHouse (or what stands for it) cannot be reached: the client may retry."""
+
+    status_code = 503
+    detail = "The event store is unavailable; retry shortly"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail=detail or self.detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def invalid(field: str, message: str) -> ValidationException:
+    """A 422 naming the field and the reason."""
+    return ValidationException(detail=f"Invalid {field}: {message}", extra=[{"field": field, "message": message}])
+
+
+def error_response(status_code: int, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        {"status_code": status_code, "detail": detail, "extra": extra},
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def http_exception(_: Request, exc: HTTPException) -> Response:
+    return error_response(exc.status_code, exc.detail, exc.extra or None, exc.headers)
+
+
+def validation_exception(_: Request, exc: ValidationException) -> Response:
+    # Litestar reports an undecodable body as a ValidationException; that is a malformed request (400),
+    # while a value that decodes but breaks a rule is unprocessable (422).
+    if exc.status_code == 400 and not exc.extra and "decod" in exc.detail.lower():
+        return error_response(400, "Malformed JSON body")
+    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, _plain_extra(exc.extra))
+
+
+def store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return http_exception(request, StoreUnavailable())
+
+
+def unexpected_exception(request: Request, exc: Exception) -> Response:
+    request_id = uuid.uuid4().hex
+    log.exception("request %s failed: %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", {"request_id": request_id})
+
+
+def _plain_extra(extra: object) -> object:
+    """Litestar's validation details, without the internal `source` key."""
+    if isinstance(extra, list):
+        return [
+            {("field" if key == "key" else key): value for key, value in item.items() if key != "source"}
+            if isinstance(item, dict)
+            else item
+            for item in extra
+        ]
+    return extra
+
+
+EXCEPTION_HANDLERS = {
+    ValidationException: validation_exception,
+    HTTPException: http_exception,
+    OperationalError: store_unavailable,
+    aiohttp.ClientConnectionError: store_unavailable,
+    TimeoutError: store_unavailable,
+    Exception: unexpected_exception,
+}

@@ -1,0 +1,85 @@
+"""The Litestar application: routes, dependencies, error handlers, and the lifespan of its connections."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+
+from app.auth.dependencies import DEPENDENCIES
+from app.auth.middleware import BearerTokenMiddleware
+from app.auth.routes import UserController, WorkspaceController
+from app.config import Settings, secret_file
+from app.errors import EXCEPTION_HANDLERS
+from app.stream.broker import make_broker
+from app.system.routes import health
+from app.warehouse.client import connect
+from app.warehouse.embedded import EmbeddedServer
+from app.warehouse.migrations import migrate
+
+log = logging.getLogger("app")
+
+ROUTES = [health, WorkspaceController, UserController]
+
+
+def operator_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_path / "admin_token"
+    token = secret_file(path)
+    log.info("operator token: in %s (set ADMIN_TOKEN to choose your own)", path)
+    return token
+
+
+@asynccontextmanager
+async def clickhouse_lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    server = None
+    url = settings.clickhouse_url
+    if url is None:
+        server = EmbeddedServer(settings.data_path, settings.clickhouse_http_port, settings.clickhouse_tcp_port)
+        await asyncio.to_thread(server.start)
+        server.supervise()
+        url = server.url
+    client = await connect(url)
+    try:
+        await migrate(client)
+        app.state.clickhouse = client
+        app.state.operator_token = operator_token(settings)
+        yield
+    finally:
+        await client.close()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+
+
+@asynccontextmanager
+async def broker_lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    broker = make_broker(settings.redis_url, settings.stream_queue_size)
+    if broker.kind == "absent":
+        log.info("no REDIS_URL: live streams use an in-process broker (one API process only)")
+    await broker.start()
+    app.state.broker = broker
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    return Litestar(
+        route_handlers=ROUTES,
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[DefineMiddleware(BearerTokenMiddleware, exclude=["^/schema"])],
+        lifespan=[clickhouse_lifespan, broker_lifespan],
+        state=State({"settings": settings}),
+        cors_config=CORSConfig(allow_origins=["*"]),
+        openapi_config=None,
+    )

@@ -1,0 +1,126 @@
+"""The embedded ClickHouse server: the private chDB entry point it rests on is proven here on every run."""
+
+import asyncio
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.warehouse.embedded import EmbeddedServer, EmbeddedServerError, _port_is_free
+from tests.conftest import free_port
+
+
+def http_query(server: EmbeddedServer, sql: str, user: str = "admin", password: str | None = None) -> str:
+    password = server.password(user) if password is None else password
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/",
+        data=sql.encode(),
+        headers={"X-ClickHouse-User": user, "X-ClickHouse-Key": password},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}: {error.read().decode()[:200]}"
+    except urllib.error.URLError as error:
+        return f"unreachable: {error.reason}"
+
+
+def native_query(server: EmbeddedServer, sql: str) -> str:
+    """The native TCP port answers too: a query through remote() goes over it."""
+    return http_query(
+        server,
+        f"SELECT * FROM remote('127.0.0.1:{server.tcp_port}', system.one, 'admin', '{server.password('admin')}')"
+        if sql == "one" else sql,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    server = EmbeddedServer(tmp_path, free_port(), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_answers_over_http_and_native_tcp(server: EmbeddedServer) -> None:
+    assert http_query(server, "SELECT version()").startswith("26.9")
+    assert native_query(server, "one").strip() == "0"
+
+
+def test_stop_frees_the_ports_and_leaves_no_process(server: EmbeddedServer) -> None:
+    pid = server.pid
+    server.stop()
+    assert _port_is_free(server.http_port) and _port_is_free(server.tcp_port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path, free_port(), free_port())
+    server.start()
+    http_query(server, "CREATE TABLE kept (x UInt32) ENGINE = MergeTree ORDER BY x")
+    http_query(server, "INSERT INTO kept VALUES (1), (2), (3)")
+    server.stop()
+    server.start()
+    try:
+        assert http_query(server, "SELECT sum(x) FROM kept").strip() == "6"
+    finally:
+        server.stop()
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(server: EmbeddedServer) -> None:
+    second = EmbeddedServer(server.root.parent, free_port(), free_port())
+    with pytest.raises(EmbeddedServerError, match="in use by another server"):
+        second.start(timeout=30)
+    assert http_query(server, "SELECT 1").strip() == "1"
+
+
+def test_users_have_passwords_and_default_reaches_no_data(server: EmbeddedServer) -> None:
+    http_query(server, "CREATE TABLE secret (x UInt32) ENGINE = MergeTree ORDER BY x")
+    assert "AUTHENTICATION_FAILED" in http_query(server, "SELECT 1", user="admin", password="wrong")
+    assert "AUTHENTICATION_FAILED" in http_query(server, "SELECT 1", user="analyst", password="wrong")
+    assert "ACCESS_DENIED" in http_query(server, "SELECT * FROM secret", user="default", password="")
+    assert http_query(server, "SHOW TABLES", user="default", password="").strip() == ""
+    assert "ACCESS_DENIED" in http_query(server, "CREATE USER intruder", user="default", password="")
+    assert (server.root / "admin.password").stat().st_mode & 0o777 == 0o600
+
+
+def test_analyst_is_read_only(server: EmbeddedServer) -> None:
+    http_query(server, "CREATE TABLE facts (x UInt32) ENGINE = MergeTree ORDER BY x")
+    http_query(server, "INSERT INTO facts VALUES (7)")
+    assert http_query(server, "SELECT x FROM facts", user="analyst").strip() == "7"
+    assert "READONLY" in http_query(server, "INSERT INTO facts VALUES (8)", user="analyst")
+
+
+def test_listens_on_loopback_only(server: EmbeddedServer) -> None:
+    assert "<listen_host>127.0.0.1</listen_host>" in (server.etc_dir / "config.xml").read_text()
+
+
+def test_supervisor_restarts_a_dead_server(server: EmbeddedServer) -> None:
+    server.supervise()
+    old_pid = server.pid
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.pid != old_pid and server.alive() and http_query(server, "SELECT 1").strip() == "1":
+            return
+        time.sleep(0.2)
+    pytest.fail("the embedded server was not restarted")
+
+
+def test_clickhouse_connect_async_client_talks_to_it(server: EmbeddedServer) -> None:
+    from app.warehouse.client import connect  # noqa: PLC0415
+
+    async def roundtrip() -> int:
+        client = await connect(server.url)
+        try:
+            return (await client.query("SELECT {x:UInt8} + 1", parameters={"x": 41})).result_rows[0][0]
+        finally:
+            await client.close()
+
+    assert asyncio.run(roundtrip()) == 42
