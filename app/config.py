@@ -19,8 +19,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     # Per-connection queue of a live stream; a subscriber further behind than this is cut off.
     stream_queue_size: int = 1000
-    # Coalescing window of the ingest writer: small batches arriving within it share one insert.
-    ingest_linger_ms: float = 2.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

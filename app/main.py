@@ -9,10 +9,16 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
+from redis.asyncio import Redis
 
 from app.auth.dependencies import DEPENDENCIES
 from app.auth.middleware import BearerTokenMiddleware
 from app.auth.routes import UserController, WorkspaceController
+from app.customers.routes import CustomerController
+from app.events.claims import LocalClaims, RedisClaims
+from app.events.routes import EventController, EventTypeController
+from app.events.service import EventStore
+from app.events.validation import MAX_BODY_BYTES
 from app.config import Settings, secret_file
 from app.errors import EXCEPTION_HANDLERS
 from app.stream.broker import make_broker
@@ -23,7 +29,7 @@ from app.warehouse.migrations import migrate
 
 log = logging.getLogger("app")
 
-ROUTES = [health, WorkspaceController, UserController]
+ROUTES = [health, WorkspaceController, UserController, EventController, EventTypeController, CustomerController]
 
 
 def operator_token(settings: Settings) -> str:
@@ -58,16 +64,24 @@ async def clickhouse_lifespan(app: Litestar) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def broker_lifespan(app: Litestar) -> AsyncIterator[None]:
+async def ingest_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """The live-event broker and the ingest pipeline, which publishes to it; Redis carries both across processes."""
     settings: Settings = app.state.settings
     broker = make_broker(settings.redis_url, settings.stream_queue_size)
     if broker.kind == "absent":
         log.info("no REDIS_URL: live streams use an in-process broker (one API process only)")
     await broker.start()
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    events = EventStore(app.state.clickhouse, RedisClaims(redis) if redis else LocalClaims(), broker)
+    await events.start()
     app.state.broker = broker
+    app.state.events = events
     try:
         yield
     finally:
+        await events.stop()
+        if redis is not None:
+            await redis.aclose()
         await broker.stop()
 
 
@@ -78,7 +92,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[DefineMiddleware(BearerTokenMiddleware, exclude=["^/schema"])],
-        lifespan=[clickhouse_lifespan, broker_lifespan],
+        lifespan=[clickhouse_lifespan, ingest_lifespan],
+        request_max_body_size=MAX_BODY_BYTES,
         state=State({"settings": settings}),
         cors_config=CORSConfig(allow_origins=["*"]),
         openapi_config=None,

@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS events
     bool Map(LowCardinality(String), Bool),
     cost_amount Decimal128(12),
     llm_total_tokens UInt64,
+    -- A single event and the children of one are found by id without a scan of the workspace.
+    INDEX id_bloom id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX parent_bloom parent_id TYPE bloom_filter(0.01) GRANULARITY 1,
     PROJECTION by_time
     (
         SELECT * ORDER BY workspace_id, timestamp, id

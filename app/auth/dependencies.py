@@ -8,10 +8,15 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from app.auth.service import Principal, WorkspaceAccess, implied_workspace
+from app.events.service import EventStore
 
 
 def provide_client(state: State) -> AsyncClient:
     return state.clickhouse
+
+
+def provide_events(state: State) -> EventStore:
+    return state.events
 
 
 def provide_principal(request: Request) -> Principal:
@@ -27,5 +32,6 @@ async def provide_workspace(
 DEPENDENCIES = {
     "client": Provide(provide_client, sync_to_thread=False),
     "principal": Provide(provide_principal, sync_to_thread=False),
+    "events": Provide(provide_events, sync_to_thread=False),
     "workspace": Provide(provide_workspace),
 }

@@ -358,10 +358,7 @@ class RedisBroker:
         self._reader = None
         self._pubsub = None
         self._end_all()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await _cancel_and_wait(tasks)
         await _close_quietly(pubsub)
         for client in (self._client, self._pubsub_client):
             if client is not None:
@@ -387,10 +384,10 @@ class RedisBroker:
             self._publish_paused_until = now + self._publish_retry_after
             if not self._publish_failing:
                 self._publish_failing = True
-                logger.warning("redis publish failed, dropping live events until it recovers: %r", exc)
+                logger.warning("redis publish failed, dropping live events until it recovers: %s", exc)
             return
         if self._publish_failing:
-            logger.warning("redis publish recovered; %d live events were dropped", self._dropped)
+            logger.info("redis publish recovered; %d live events were dropped", self._dropped)
             self._publish_failing = False
             self._dropped = 0
 
@@ -450,17 +447,15 @@ class RedisBroker:
         return pubsub, reader
 
     async def _keep_house(self) -> None:
-        while True:
+        while self._running:
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self._reconcile()
             except Exception as exc:
-                logger.warning("redis pub/sub unavailable, ending live streams: %r", exc)
+                logger.warning("redis pub/sub unavailable, ending live streams: %s", exc)
                 pubsub, reader = self._abandon_pubsub()
-                if reader is not None:
-                    reader.cancel()
-                    await asyncio.wait([reader])
+                await _cancel_and_wait([reader] if reader is not None else [])
                 await _close_quietly(pubsub)
 
     async def _reconcile(self) -> None:
@@ -524,7 +519,7 @@ class RedisBroker:
             raise
         except Exception as exc:
             if pubsub is self._pubsub:
-                logger.warning("redis pub/sub connection lost, ending live streams: %r", exc)
+                logger.warning("redis pub/sub connection lost, ending live streams: %s", exc)
                 self._abandon_pubsub()
             await _close_quietly(pubsub)
 
@@ -555,6 +550,16 @@ class RedisBroker:
         items = _to_items(rows)
         for sub in tuple(channel.subscribers):
             sub._deliver(items)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    # redis-py sends through asyncio.wait_for, which on Python 3.11 swallows a
+    # cancellation that races with the send completing; so cancel until done.
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 async def _close_quietly(pubsub: PubSub | None) -> None:

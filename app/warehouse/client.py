@@ -25,6 +25,7 @@ async def connect(url: str, **settings: object) -> AsyncClient:
         secure=parts.scheme == "https",
         settings={**SESSION_SETTINGS, **settings},
         autogenerate_session_id=False,
+        tz_mode="aware",
         connect_timeout=5,
         send_receive_timeout=60,
     )

@@ -1,0 +1,65 @@
+"""SQL of the customers domain."""
+
+from datetime import datetime
+from uuid import UUID
+
+from clickhouse_connect.driver.asyncclient import AsyncClient
+
+CUSTOMER_COLUMNS = "id, external_id, email, name, metadata, created_at"
+
+
+async def customers_by_reference(
+    client: AsyncClient, workspace_id: UUID, ids: list[UUID], external_ids: list[str]
+) -> list[tuple[UUID, str | None]]:
+    """(id, external_id) of the live customers named by any of these ids or external ids."""
+    result = await client.query(
+        "SELECT id, external_id FROM customers FINAL WHERE workspace_id = {workspace:UUID} AND NOT deleted "
+        "AND (id IN {ids:Array(UUID)} OR external_id IN {external_ids:Array(String)})",
+        parameters={"workspace": workspace_id, "ids": ids, "external_ids": external_ids},
+    )
+    return [(row[0], row[1]) for row in result.result_rows]
+
+
+async def customer_row(client: AsyncClient, workspace_id: UUID, reference: str) -> tuple | None:
+    """A live customer by its id or its external id."""
+    result = await client.query(
+        f"SELECT {CUSTOMER_COLUMNS} FROM customers FINAL WHERE workspace_id = {{workspace:UUID}} AND NOT deleted "
+        "AND (toString(id) = {ref:String} OR external_id = {ref:String}) "
+        "ORDER BY toString(id) = {ref:String} DESC LIMIT 1",
+        parameters={"workspace": workspace_id, "ref": reference},
+    )
+    return tuple(result.result_rows[0]) if result.result_rows else None
+
+
+async def external_id_taken(client: AsyncClient, workspace_id: UUID, external_id: str, other_than: UUID | None) -> bool:
+    result = await client.query(
+        "SELECT count() FROM customers FINAL WHERE workspace_id = {workspace:UUID} AND NOT deleted "
+        "AND external_id = {external_id:String} AND id != {other:UUID}",
+        parameters={"workspace": workspace_id, "external_id": external_id,
+                    "other": other_than or UUID(int=0)},
+    )
+    return result.result_rows[0][0] > 0
+
+
+async def customer_page(
+    client: AsyncClient, workspace_id: UUID, after: tuple[datetime, UUID] | None, take: int
+) -> list[tuple]:
+    """Live customers, oldest first, keyset-paged by (created_at, id)."""
+    keyset = "AND (created_at, id) > ({after_at:DateTime64(3, 'UTC')}, {after_id:UUID})" if after else ""
+    result = await client.query(
+        f"SELECT {CUSTOMER_COLUMNS} FROM customers FINAL WHERE workspace_id = {{workspace:UUID}} AND NOT deleted "
+        f"{keyset} ORDER BY created_at, id LIMIT {{take:UInt32}}",
+        parameters={"workspace": workspace_id, "take": take,
+                    **({"after_at": after[0], "after_id": after[1]} if after else {})},
+    )
+    return [tuple(row) for row in result.result_rows]
+
+
+async def insert_customer_version(
+    client: AsyncClient, workspace_id: UUID, row: tuple, deleted: bool = False
+) -> None:
+    await client.insert(
+        "customers",
+        [[workspace_id, *row, deleted]],
+        column_names=["workspace_id", "id", "external_id", "email", "name", "metadata", "created_at", "deleted"],
+    )

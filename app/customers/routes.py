@@ -1,0 +1,106 @@
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID, uuid4
+
+import msgspec
+from clickhouse_connect.driver.asyncclient import AsyncClient
+from litestar import Controller, delete, get, patch, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_409_CONFLICT
+
+from app.auth.service import WorkspaceAccess
+from app.customers import queries
+from app.customers.schemas import Customer, CustomerCreate, CustomerPage, CustomerPatch
+from app.errors import invalid
+from app.events.service import EventStore
+
+
+class CustomerController(Controller):
+    path = "/api/customers"
+    tags = ["customers"]
+
+    @post("/")
+    async def create_customer(
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, data: CustomerCreate
+    ) -> Customer:
+        workspace.require("member")
+        if data.external_id is not None and await queries.external_id_taken(client, workspace.workspace_id, data.external_id, None):
+            raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
+        customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata, datetime.now(UTC))
+        await _save(client, workspace.workspace_id, customer)
+        await events.record_customer_event(workspace.workspace_id, "customer.created", customer)
+        return customer
+
+    @patch("/{reference:str}")
+    async def update_customer(
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, reference: str, data: CustomerPatch
+    ) -> Customer:
+        workspace.require("member")
+        customer = await _customer(client, workspace.workspace_id, reference)
+        changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
+        new_external = changes.get("external_id", customer.external_id)
+        if customer.external_id is not None and new_external != customer.external_id:
+            # Events are counted under the external id once a customer has one; changing it would split them.
+            raise invalid("external_id", "cannot change once set")
+        if new_external is not None and await queries.external_id_taken(client, workspace.workspace_id, new_external, customer.id):
+            raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
+        updated = msgspec.structs.replace(customer, **changes)
+        await _save(client, workspace.workspace_id, updated)
+        await events.record_customer_event(workspace.workspace_id, "customer.updated", updated)
+        return updated
+
+    @delete("/{reference:str}")
+    async def delete_customer(
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, reference: str
+    ) -> None:
+        workspace.require("member")
+        customer = await _customer(client, workspace.workspace_id, reference)
+        await _save(client, workspace.workspace_id, customer, deleted=True)
+        await events.record_customer_event(workspace.workspace_id, "customer.deleted", customer)
+
+    @get("/")
+    async def list_customers(
+        self, client: AsyncClient, workspace: WorkspaceAccess,
+        take: Annotated[int, Parameter(ge=1, le=100)] = 20, cursor: str | None = None,
+    ) -> CustomerPage:
+        after = _decode_cursor(cursor) if cursor else None
+        rows = await queries.customer_page(client, workspace.workspace_id, after, take + 1)
+        items = [_from_row(row) for row in rows[:take]]
+        next_cursor = _encode_cursor(items[-1]) if len(rows) > take else None
+        return CustomerPage(items, next_cursor)
+
+    @get("/{reference:str}")
+    async def get_customer(self, client: AsyncClient, workspace: WorkspaceAccess, reference: str) -> Customer:
+        return await _customer(client, workspace.workspace_id, reference)
+
+
+async def _customer(client: AsyncClient, workspace_id: UUID, reference: str) -> Customer:
+    row = await queries.customer_row(client, workspace_id, reference)
+    if row is None:
+        raise NotFoundException(detail="Customer not found")
+    return _from_row(row)
+
+
+async def _save(client: AsyncClient, workspace_id: UUID, customer: Customer, deleted: bool = False) -> None:
+    row = (customer.id, customer.external_id, customer.email, customer.name,
+           msgspec.json.encode(customer.metadata).decode(), customer.created_at)
+    await queries.insert_customer_version(client, workspace_id, row, deleted)
+
+
+def _from_row(row: tuple) -> Customer:
+    return Customer(row[0], row[1], row[2], row[3], msgspec.json.decode(row[4] or "{}"), row[5])
+
+
+def _encode_cursor(customer: Customer) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([customer.created_at, customer.id])).decode()
+
+
+def _decode_cursor(text: str) -> tuple[datetime, UUID]:
+    try:
+        created_at, customer_id = msgspec.json.decode(base64.urlsafe_b64decode(text), type=tuple[datetime, UUID])
+    except (binascii.Error, ValueError, msgspec.DecodeError) as error:
+        raise invalid("cursor", "not a cursor this API returned") from error
+    return created_at, customer_id

@@ -1,0 +1,107 @@
+"""Claims on dedup keys, held while an event's insert is under way.
+
+An `external_id` is checked against the store and written under a claim, so two requests carrying the same
+key never both pass the check (ARCHITECTURE.md: exact dedup before the insert). A claim lives only as long
+as the write: a failed write releases it, so the producer's retry is stored rather than skipped.
+"""
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL_MS = 120_000  # longer than any insert may take (the client's timeout is 60 s)
+CLAIM_WAIT_SECONDS = 30.0
+# Compare-and-delete: a claim that expired and was taken by another process is not ours to remove.
+RELEASE_SCRIPT = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then released = released + redis.call('DEL', key) end
+end
+return released
+"""
+
+
+class LocalClaims:
+    """Claims among the requests of one process."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[UUID, str], asyncio.Event] = {}
+
+    @asynccontextmanager
+    async def claim(self, workspace_id: UUID, keys: list[str]) -> AsyncIterator[None]:
+        taken: list[tuple[UUID, str]] = []
+        try:
+            # One global order of acquisition, so two batches sharing keys never wait on each other in a cycle.
+            for key in sorted(set(keys)):
+                slot = (workspace_id, key)
+                while (holder := self._held.get(slot)) is not None:
+                    await holder.wait()
+                self._held[slot] = asyncio.Event()
+                taken.append(slot)
+            yield
+        finally:
+            for slot in taken:
+                self._held.pop(slot).set()
+
+
+class RedisClaims:
+    """Claims across API processes, in Redis; within the process they queue locally first."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.local = LocalClaims()
+        self._release = redis.register_script(RELEASE_SCRIPT)
+
+    @asynccontextmanager
+    async def claim(self, workspace_id: UUID, keys: list[str]) -> AsyncIterator[None]:
+        async with self.local.claim(workspace_id, keys):
+            names = [f"claim:{workspace_id}:{key}" for key in sorted(set(keys))]
+            token = uuid.uuid4().hex
+            try:
+                held = await self._acquire_all(names, token)
+            except RedisError as error:
+                # Redis going away must not stop ingestion: this process's own claims still hold, and the
+                # store is checked under them; only a same-key race across processes is left unguarded.
+                log.warning("Redis unavailable for dedup claims, using in-process claims only: %s", error)
+                held = False
+            try:
+                yield
+            finally:
+                if held:
+                    await self._release_quietly(names, token)
+
+    async def _acquire_all(self, names: list[str], token: str) -> bool:
+        """All of the claims or none: a partial set held while waiting could deadlock with another process."""
+        if not names:
+            return False
+        deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_SECONDS
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.set(name, token, nx=True, px=CLAIM_TTL_MS)
+                results = await pipe.execute()
+            if all(results):
+                return True
+            taken = [name for name, ok in zip(names, results, strict=True) if ok]
+            if taken:
+                await self._release(keys=taken, args=[token])
+            if asyncio.get_running_loop().time() > deadline:
+                raise StoreUnavailable("Another request holds these external ids; retry shortly")
+            await asyncio.sleep(random.uniform(0.005, 0.03))
+
+    async def _release_quietly(self, names: list[str], token: str) -> None:
+        try:
+            await self._release(keys=names, args=[token])
+        except RedisError as error:  # the claims expire on their own
+            log.warning("could not release dedup claims: %s", error)

@@ -1,0 +1,127 @@
+"""SQL of the events domain. Values are always bound parameters; the SQL text is built only from constants."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from clickhouse_connect.driver.asyncclient import AsyncClient
+
+EVENT_COLUMNS = [
+    "workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
+    "external_customer_id", "external_id", "dedup_key", "parent_id", "root_id", "depth", "metadata",
+    "num", "str", "bool", "cost_amount", "llm_total_tokens",
+]
+OUTPUT_COLUMNS = (
+    "id, name, timestamp, ingested_at, source, customer_id, external_customer_id, external_id, parent_id, "
+    "root_id, depth, metadata"
+)
+
+
+async def stored_keys(client: AsyncClient, workspace_id: UUID, keys: list[str]) -> dict[str, tuple[UUID, UUID, int]]:
+    """For each key ('i:<id>' or 'x:<external id>') already stored: (id, root_id, depth) of its event."""
+    if not keys:
+        return {}
+    result = await client.query(
+        "SELECT key, id, root_id, depth FROM event_keys WHERE workspace_id = {workspace:UUID} "
+        "AND key IN {keys:Array(String)} LIMIT 1 BY key",
+        parameters={"workspace": workspace_id, "keys": keys},
+    )
+    return {row[0]: (row[1], row[2], row[3]) for row in result.result_rows}
+
+
+@dataclass
+class EventFilter:
+    """The WHERE clause of an event listing, as SQL over named parameters."""
+
+    conditions: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, condition: str, **parameters: Any) -> None:
+        self.conditions.append(condition)
+        self.parameters.update(parameters)
+
+    def add_metadata_match(self, path: str, value: str) -> None:
+        """`meta[path]=value`: a number or boolean compares as such, any value also as the string sent."""
+        n = len(self.parameters)
+        key, text = f"mk{n}", f"mv{n}"
+        alternatives = [f"str[{{{key}:String}}] = {{{text}:String}}"]
+        parameters: dict[str, Any] = {key: path, text: value}
+        number = _as_number(value)
+        if number is not None:
+            alternatives.append(f"(mapContains(num, {{{key}:String}}) AND num[{{{key}:String}}] = {{mn{n}:Float64}})")
+            parameters[f"mn{n}"] = number
+        if value in ("true", "false"):
+            alternatives.append(f"(mapContains(bool, {{{key}:String}}) AND bool[{{{key}:String}}] = {{mb{n}:Bool}})")
+            parameters[f"mb{n}"] = value == "true"
+        self.add("(" + " OR ".join(alternatives) + ")", **parameters)
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.conditions) or "1"
+
+
+async def event_page(
+    client: AsyncClient, workspace_id: UUID, where: EventFilter, descending: bool,
+    after: tuple[datetime, UUID] | None, as_of: datetime, take: int,
+) -> list[tuple]:
+    """One page of events in (timestamp, id) order, after the keyset position, as of a moment of ingestion."""
+    direction = "DESC" if descending else "ASC"
+    keyset = ""
+    parameters = {**where.parameters, "workspace": workspace_id, "as_of": as_of, "take": take}
+    if after is not None:
+        keyset = f"AND (timestamp, id) {'<' if descending else '>'} ({{after_ts:DateTime64(3, 'UTC')}}, {{after_id:UUID}})"
+        parameters.update(after_ts=after[0], after_id=after[1])
+    result = await client.query(
+        f"SELECT {OUTPUT_COLUMNS} FROM events WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
+        f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}} {keyset} "
+        f"ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",
+        parameters=parameters,
+    )
+    return [tuple(row) for row in result.result_rows]
+
+
+async def event_by_id(client: AsyncClient, workspace_id: UUID, event_id: UUID) -> tuple | None:
+    result = await client.query(
+        f"SELECT {OUTPUT_COLUMNS}, "
+        "(SELECT count() FROM events WHERE workspace_id = {workspace:UUID} AND parent_id = {id:UUID}) "
+        "FROM events WHERE workspace_id = {workspace:UUID} AND id = {id:UUID} LIMIT 1",
+        parameters={"workspace": workspace_id, "id": event_id},
+    )
+    return tuple(result.result_rows[0]) if result.result_rows else None
+
+
+async def latest_ingestion(client: AsyncClient, workspace_id: UUID) -> datetime | None:
+    result = await client.query(
+        "SELECT max(ingested_at), count() FROM events WHERE workspace_id = {workspace:UUID}",
+        parameters={"workspace": workspace_id},
+    )
+    latest, count = result.result_rows[0]
+    return latest if count else None
+
+
+async def event_types(client: AsyncClient, workspace_id: UUID) -> list[tuple[str, str, int, datetime, datetime, str]]:
+    """(name, label, occurrences, first_seen, last_seen, source) of every event name of the workspace."""
+    result = await client.query(
+        "SELECT s.name, ifNull(l.label, s.name), s.occurrences, s.first_seen, s.last_seen, s.source FROM "
+        "(SELECT name, sum(occurrences) AS occurrences, min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
+        "        anyLast(source) AS source "
+        " FROM event_type_stats WHERE workspace_id = {workspace:UUID} GROUP BY name) AS s "
+        "LEFT JOIN (SELECT name, argMax(label, version) AS label FROM event_type_labels "
+        "           WHERE workspace_id = {workspace:UUID} GROUP BY name) AS l ON l.name = s.name "
+        "ORDER BY s.name SETTINGS join_use_nulls = 1",
+        parameters={"workspace": workspace_id},
+    )
+    return [tuple(row) for row in result.result_rows]  # type: ignore[misc]
+
+
+async def insert_event_type_label(client: AsyncClient, workspace_id: UUID, name: str, label: str) -> None:
+    await client.insert("event_type_labels", [[workspace_id, name, label]], column_names=["workspace_id", "name", "label"])
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None

@@ -1,0 +1,323 @@
+"""Storing events exactly once, and reading them back."""
+
+import asyncio
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from clickhouse_connect.driver.asyncclient import AsyncClient
+
+from app.customers.queries import customers_by_reference
+from app.errors import StoreUnavailable, invalid
+from app.events import queries
+from app.events.claims import LocalClaims, RedisClaims
+from app.events.queries import EVENT_COLUMNS, EventFilter
+from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
+from app.events.validation import BatchInvalid, ValidEvent
+from app.events.writer import EventWriter
+from app.stream.broker import Broker
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
+
+
+def customer_key(customer_id: UUID | None, external_id: str | None) -> str:
+    """One identity per customer: its external id once it has one, else its id."""
+    return f"x:{external_id}" if external_id is not None else f"c:{customer_id}"
+
+
+def event_type_id(workspace_id: UUID, name: str) -> UUID:
+    return uuid.uuid5(EVENT_TYPE_NAMESPACE, f"{workspace_id}:{name}")
+
+
+@dataclass(slots=True)
+class Placed:
+    """Where an event sits in its tree."""
+
+    id: UUID
+    root_id: UUID
+    depth: int
+    parent_id: UUID | None
+
+
+class EventStore:
+    """The ingest pipeline of one API process: claims, the coalescing writer, and the live-event broker."""
+
+    def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims, broker: Broker) -> None:
+        self.client = client
+        self.claims = claims
+        self.broker = broker
+        self.writer = EventWriter(client, "events", EVENT_COLUMNS)
+
+    async def ingest(self, workspace_id: UUID, events: list[ValidEvent], received_at: datetime,
+                     source: str = "user") -> IngestResult:
+        identities = await self._customer_identities(workspace_id, events)
+        keys = [f"x:{item.event.external_id}" for item in events if item.event.external_id is not None]
+        # Shielded: a client that disconnects mid-write must not release its claims before its rows land.
+        return await asyncio.shield(
+            self._store(workspace_id, events, identities, keys, received_at, source)
+        )
+
+    async def _store(self, workspace_id: UUID, events: list[ValidEvent], identities: dict[int, tuple],
+                     keys: list[str], received_at: datetime, source: str) -> IngestResult:
+        async with self.claims.claim(workspace_id, keys):
+            known = await queries.stored_keys(self.client, workspace_id, keys + _parent_keys(events))
+            fresh, duplicates = _split_duplicates(events, known)
+            placed = _place_in_trees(fresh, known)
+            stored = [
+                _stored_event(item, placed[item.index], identities[item.index], received_at, source)
+                for item in fresh
+            ]
+            if stored:
+                rows = [_row(workspace_id, event, item, identities[item.index])
+                        for event, item in zip(stored, fresh, strict=True)]
+                try:
+                    await self.writer.write(rows)
+                except Exception as error:
+                    # Nothing of the batch is acknowledged; the claims are released on the way out so the
+                    # producer's retry is stored, not skipped.
+                    log.warning("insert of %d events failed: %s", len(rows), error)
+                    raise StoreUnavailable() from error
+        if stored:
+            await self.broker.publish(
+                str(workspace_id), [(str(event.id), event.name, msgspec.json.encode(event)) for event in stored]
+            )
+        return IngestResult(inserted=len(stored), duplicates=duplicates)
+
+    async def record_customer_event(self, workspace_id: UUID, name: str, customer: Any) -> None:
+        """A `customer.*` system event about this customer."""
+        metadata = {"customer_id": str(customer.id), "email": customer.email, "name": customer.name}
+        metadata_json = msgspec.json.encode(metadata)
+        item = ValidEvent(0, EventIn(name=name, customer_id=customer.id), metadata, metadata_json, None, None)
+        identity = (customer_key(customer.id, customer.external_id), customer.id, customer.external_id)
+        received_at = datetime.now(UTC)
+        await asyncio.shield(self._store(workspace_id, [item], {0: identity}, [], received_at, "system"))
+
+    async def _customer_identities(self, workspace_id: UUID, events: list[ValidEvent]) -> dict[int, tuple]:
+        """(customer_key, customer_id, external_customer_id) per event; 422 for an unknown customer_id."""
+        ids = list({item.event.customer_id for item in events if item.event.customer_id is not None})
+        external = list({item.event.external_customer_id for item in events
+                         if item.event.external_customer_id is not None})
+        found = await customers_by_reference(self.client, workspace_id, ids, external) if (ids or external) else []
+        by_id = {customer_id: external_id for customer_id, external_id in found}
+        by_external = {external_id: customer_id for customer_id, external_id in found if external_id is not None}
+        identities: dict[int, tuple] = {}
+        errors = []
+        for item in events:
+            event = item.event
+            if event.customer_id is not None:
+                if event.customer_id not in by_id:
+                    errors.append(IngestError(item.index, "customer_id", "no such customer in this workspace"))
+                    continue
+                external_id = by_id[event.customer_id]
+                identities[item.index] = (customer_key(event.customer_id, external_id), event.customer_id, external_id)
+            else:
+                external_id = event.external_customer_id
+                identities[item.index] = (customer_key(None, external_id), by_external.get(external_id), external_id)
+        if errors:
+            raise _batch_invalid(errors)
+        return identities
+
+    async def start(self) -> None:
+        self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+
+
+def _batch_invalid(errors: list[IngestError]) -> BatchInvalid:
+    return BatchInvalid(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
+                        extra={"errors": [msgspec.to_builtins(error) for error in errors]})
+
+
+def _parent_keys(events: list[ValidEvent]) -> list[str]:
+    keys = []
+    for item in events:
+        parent = item.event.parent_id
+        if parent is None:
+            continue
+        keys.append(f"x:{parent}")
+        if _as_uuid(parent) is not None:
+            keys.append(f"i:{_as_uuid(parent)}")
+    return keys
+
+
+def _split_duplicates(events: list[ValidEvent], known: dict[str, tuple]) -> tuple[list[ValidEvent], int]:
+    """The events whose external id is new (first occurrence in the batch wins) and the count of the others."""
+    fresh, seen = [], set()
+    for item in events:
+        external_id = item.event.external_id
+        if external_id is not None:
+            if f"x:{external_id}" in known or external_id in seen:
+                continue
+            seen.add(external_id)
+        fresh.append(item)
+    return fresh, len(events) - len(fresh)
+
+
+def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[int, Placed]:
+    """id, root and depth of every new event; a parent is a stored event (by id or external id) or another
+    new event of the batch (by external id), in any order; 422 for an unknown parent or a cycle."""
+    ids = {item.index: uuid.uuid4() for item in fresh}
+    by_external = {item.event.external_id: item for item in fresh if item.event.external_id is not None}
+    placed: dict[int, Placed] = {}
+    errors: list[IngestError] = []
+
+    def place(item: ValidEvent, path: set[int]) -> Placed | None:
+        if item.index in placed:
+            return placed[item.index]
+        parent = item.event.parent_id
+        if parent is None:
+            spot = Placed(ids[item.index], ids[item.index], 0, None)
+        elif (stored := known.get(f"i:{_as_uuid(parent)}") or known.get(f"x:{parent}")) is not None:
+            spot = Placed(ids[item.index], stored[1], stored[2] + 1, stored[0])
+        elif parent in by_external and by_external[parent].index not in path | {item.index}:
+            above = place(by_external[parent], path | {item.index})
+            if above is None:
+                return None
+            spot = Placed(ids[item.index], above.root_id, above.depth + 1, above.id)
+        else:
+            cyclic = parent in by_external
+            errors.append(IngestError(item.index, "parent_id", "parents form a cycle" if cyclic else
+                                      "no event of this workspace has this id or external_id"))
+            return None
+        placed[item.index] = spot
+        return spot
+
+    for item in fresh:
+        place(item, set())
+    if errors:
+        unique = {(error.index, error.message): error for error in errors}
+        raise _batch_invalid(sorted(unique.values(), key=lambda error: error.index))
+    return placed
+
+
+def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: datetime, source: str) -> StoredEvent:
+    event = item.event
+    timestamp = (event.timestamp or received_at).astimezone(UTC)
+    return StoredEvent(
+        id=spot.id,
+        name=event.name,
+        timestamp=timestamp.replace(microsecond=timestamp.microsecond // 1000 * 1000),
+        ingested_at=received_at.replace(microsecond=received_at.microsecond // 1000 * 1000),
+        source=source,  # type: ignore[arg-type]
+        customer_id=identity[1],
+        external_customer_id=identity[2],
+        external_id=event.external_id,
+        parent_id=spot.parent_id,
+        root_id=spot.root_id,
+        depth=spot.depth,
+        metadata=msgspec.Raw(item.metadata_json),
+    )
+
+
+def _row(workspace_id: UUID, event: StoredEvent, item: ValidEvent, identity: tuple) -> list[Any]:
+    numbers: dict[str, float] = {}
+    strings: dict[str, str] = {}
+    booleans: dict[str, bool] = {}
+    for path, value in _leaves(item.metadata):
+        if isinstance(value, bool):
+            booleans[path] = value
+        elif isinstance(value, (int, float, Decimal)):
+            numbers[path] = float(value)
+        elif isinstance(value, str):
+            strings[path] = value
+    return [
+        workspace_id, event.id, event.name, event.timestamp, event.ingested_at, event.source, identity[0],
+        event.customer_id, event.external_customer_id, event.external_id,
+        event.external_id if event.external_id is not None else f"i:{event.id}",
+        event.parent_id, event.root_id, event.depth, item.metadata_json.decode(),
+        numbers, strings, booleans,
+        item.cost.amount if item.cost else Decimal(0),
+        item.llm.total_tokens if item.llm else 0,
+    ]
+
+
+def _leaves(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in metadata.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _as_uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+# Listing -------------------------------------------------------------------------------------------------
+
+class Cursor(msgspec.Struct, array_like=True):
+    timestamp: datetime
+    id: UUID
+    as_of: datetime
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=Cursor)
+    except (binascii.Error, ValueError, msgspec.DecodeError) as error:
+        raise invalid("cursor", "not a cursor this API returned") from error
+
+
+def stored_event_from_row(row: tuple, with_children: bool = False) -> StoredEvent:
+    return StoredEvent(
+        id=row[0], name=row[1], timestamp=row[2], ingested_at=row[3], source=row[4], customer_id=row[5],
+        external_customer_id=row[6], external_id=row[7], parent_id=row[8], root_id=row[9], depth=row[10],
+        metadata=msgspec.Raw(row[11].encode() if row[11] else b"{}"),
+        child_count=row[12] if with_children else msgspec.UNSET,
+    )
+
+
+def metadata_filters(query: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(dotted path, value) of every `meta[a][b]=value` query parameter."""
+    filters = []
+    for name, values in query.items():
+        if not name.startswith("meta[") or not name.endswith("]"):
+            continue
+        path = name[len("meta["):-1].replace("][", ".")
+        if not path or "[" in path or "]" in path:
+            raise invalid(name, "use meta[key]=value or meta[key][nested]=value")
+        filters.extend((path, value) for value in values)
+    return filters
+
+
+def listing_filter(
+    names: list[str] | None, customer_keys: list[str] | None, source: str | None,
+    start: datetime | None, end: datetime | None, parent_id: UUID | None, depth: int | None,
+    metadata: list[tuple[str, str]],
+) -> EventFilter:
+    where = EventFilter()
+    if names:
+        where.add("name IN {names:Array(String)}", names=names)
+    if customer_keys is not None:
+        where.add("customer_key IN {customers:Array(String)}", customers=customer_keys)
+    if source:
+        where.add("source = {source:String}", source=source)
+    if start:
+        where.add("timestamp >= {start:DateTime64(3, 'UTC')}", start=start)
+    if end:
+        where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=end)
+    if parent_id:
+        where.add("parent_id = {parent:UUID}", parent=parent_id)
+    if depth is not None:
+        where.add("depth = {depth:UInt16}", depth=depth)
+    for path, value in metadata:
+        where.add_metadata_match(path, value)
+    return where
