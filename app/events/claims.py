@@ -20,7 +20,9 @@ from app.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-CLAIM_TTL_MS = 120_000  # longer than any insert may take (the client's timeout is 60 s)
+# A claim is kept alive while its write runs; a process that dies mid-write lets go within the TTL.
+CLAIM_TTL_MS = 10_000
+CLAIM_REFRESH_SECONDS = 3.0
 CLAIM_WAIT_SECONDS = 30.0
 # Compare-and-delete: a claim that expired and was taken by another process is not ours to remove.
 RELEASE_SCRIPT = """
@@ -75,10 +77,13 @@ class RedisClaims:
                 # store is checked under them; only a same-key race across processes is left unguarded.
                 log.warning("Redis unavailable for dedup claims, using in-process claims only: %s", error)
                 held = False
+            refresher = asyncio.create_task(self._keep_alive(names)) if held else None
             try:
                 yield
             finally:
-                if held:
+                if refresher is not None:
+                    refresher.cancel()
+                    await asyncio.gather(refresher, return_exceptions=True)
                     await self._release_quietly(names, token)
 
     async def _acquire_all(self, names: list[str], token: str) -> bool:
@@ -99,6 +104,17 @@ class RedisClaims:
             if asyncio.get_running_loop().time() > deadline:
                 raise StoreUnavailable("Another request holds these external ids; retry shortly")
             await asyncio.sleep(random.uniform(0.005, 0.03))
+
+    async def _keep_alive(self, names: list[str]) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_SECONDS)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.pexpire(name, CLAIM_TTL_MS)
+                    await pipe.execute()
+            except RedisError as error:
+                log.warning("could not extend dedup claims: %s", error)
 
     async def _release_quietly(self, names: list[str], token: str) -> None:
         try:

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from app.stream.broker import Broker
 
 log = logging.getLogger(__name__)
 
+METADATA_PARAMETER = re.compile(r"meta(\[[^\[\]]+\])+")
+METADATA_SEGMENT = re.compile(r"\[([^\[\]]+)\]")
 EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
 
 
@@ -289,11 +292,11 @@ def metadata_filters(query: dict[str, list[str]]) -> list[tuple[str, str]]:
     """(dotted path, value) of every `meta[a][b]=value` query parameter."""
     filters = []
     for name, values in query.items():
-        if not name.startswith("meta[") or not name.endswith("]"):
+        if not name.startswith("meta["):
             continue
-        path = name[len("meta["):-1].replace("][", ".")
-        if not path or "[" in path or "]" in path:
+        if not METADATA_PARAMETER.fullmatch(name):
             raise invalid(name, "use meta[key]=value or meta[key][nested]=value")
+        path = ".".join(METADATA_SEGMENT.findall(name))
         filters.extend((path, value) for value in values)
     return filters
 

@@ -24,6 +24,7 @@ RESERVED_KEYS = {"_cost": CostIn, "_llm": LlmIn}
 METADATA_DECODER = msgspec.json.Decoder(Any, float_hook=Decimal)
 MAX_COST_FRACTION_DIGITS = 12
 FIELD_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`$")
+MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 
 class PayloadTooLarge(HTTPException):
@@ -120,6 +121,9 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
 def _decode_error(index: int, message: str) -> IngestError:
     match = FIELD_IN_MESSAGE.search(message)
     field = match.group(1) if match else ""
+    missing = MISSING_FIELD.search(message)
+    if missing:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
     return IngestError(index, field or "event", FIELD_IN_MESSAGE.sub("", message))
 
 
@@ -171,5 +175,5 @@ def _walk(obj: dict[str, Any], prefix: str = "", depth: int = 1):
 
 
 def _suffix(message: str) -> str:
-    match = FIELD_IN_MESSAGE.search(message)
-    return f".{match.group(1)}" if match and match.group(1) else ""
+    field = _decode_error(0, message).field
+    return "" if field == "event" else f".{field}"

@@ -1,0 +1,196 @@
+"""CONTRACT.md section 2, reading: listing filters and paging against a brute-force filter, single events,
+event types and customers, and tenant isolation of each route."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import TestClient
+
+from tests.conftest import Tenant, bearer
+from tests.test_ingest import all_events, ingest
+
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def generated(seed: int = 3, count: int = 300) -> list[dict]:
+    rng = random.Random(seed)
+    events = []
+    for i in range(count):
+        metadata = {"status": rng.choice([200, 404, 500]), "region": rng.choice(["eu", "us"]),
+                    "flag": rng.choice([True, False]), "nested": {"level": rng.choice(["a", "b"])}}
+        events.append({
+            "name": rng.choice(["page.view", "api.call", "job.done"]),
+            "timestamp": (BASE + timedelta(minutes=rng.randrange(0, 3 * 24 * 60))).isoformat(),
+            "external_customer_id": f"c{rng.randrange(5)}",
+            "external_id": f"g{i}",
+            "metadata": metadata,
+        })
+    return events
+
+
+@pytest.fixture(scope="module")
+def populated(api: TestClient) -> tuple[Tenant, list[dict]]:
+    from tests.conftest import create_tenant  # noqa: PLC0415
+
+    tenant = create_tenant(api)
+    events = generated()
+    assert ingest(api, tenant, events).json() == {"inserted": len(events), "duplicates": 0}
+    return tenant, events
+
+
+def key(event: dict) -> tuple:
+    return (event["timestamp"], event["external_id"])
+
+
+def expected(events: list[dict], predicate) -> list[str]:
+    return sorted(event["external_id"] for event in events if predicate(event))
+
+
+def listed(api: TestClient, tenant: Tenant, **params) -> list[str]:
+    return sorted(item["external_id"] for item in all_events(api, tenant, **params))
+
+
+def ts(event: dict) -> datetime:
+    return datetime.fromisoformat(event["timestamp"])
+
+
+FILTERS = [
+    ({"name": ["api.call"]}, lambda e: e["name"] == "api.call"),
+    ({"name": ["api.call", "job.done"]}, lambda e: e["name"] in ("api.call", "job.done")),
+    ({"external_customer_id": "c2"}, lambda e: e["external_customer_id"] == "c2"),
+    ({"start_timestamp": "2026-11-02T00:00:00Z"}, lambda e: ts(e) >= BASE + timedelta(days=1)),
+    ({"start_timestamp": "2026-11-02T00:00:00+01:00", "end_timestamp": "2026-11-03T00:00:00Z"},
+     lambda e: BASE + timedelta(hours=23) <= ts(e) < BASE + timedelta(days=2)),
+    ({"meta[status]": "500"}, lambda e: e["metadata"]["status"] == 500),
+    ({"meta[flag]": "true"}, lambda e: e["metadata"]["flag"] is True),
+    ({"meta[region]": "eu", "meta[nested][level]": "b"},
+     lambda e: e["metadata"]["region"] == "eu" and e["metadata"]["nested"]["level"] == "b"),
+    ({"meta[status]": "500", "name": ["page.view"], "external_customer_id": "c1"},
+     lambda e: e["metadata"]["status"] == 500 and e["name"] == "page.view" and e["external_customer_id"] == "c1"),
+    ({"source": "user", "depth": 0}, lambda e: True),
+    ({"source": "system"}, lambda e: False),
+    ({"meta[status]": "nope"}, lambda e: False),
+]
+
+
+@pytest.mark.parametrize(("params", "predicate"), FILTERS, ids=[str(p) for p, _ in FILTERS])
+def test_filters_match_a_brute_force_filter(api: TestClient, populated, params: dict, predicate) -> None:
+    tenant, events = populated
+    assert listed(api, tenant, **params) == expected(events, predicate)
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_order_and_paging(api: TestClient, populated, order: str) -> None:
+    tenant, events = populated
+    pages, cursor = [], None
+    while True:
+        params = {"take": 7, "order": order, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/events", params=params, headers=tenant.headers).json()
+        pages.append(page["items"])
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    items = [item for page in pages for item in page]
+    assert all(len(page) == 7 for page in pages[:-1])
+    stamps = [(item["timestamp"], item["id"]) for item in items]
+    assert [s[0] for s in stamps] == sorted((s[0] for s in stamps), reverse=order == "desc")
+    assert sorted(item["external_id"] for item in items) == sorted(event["external_id"] for event in events)
+
+
+def test_paging_returns_each_event_once_while_new_events_arrive(api: TestClient, tenant: Tenant) -> None:
+    ingest(api, tenant, generated(seed=9, count=60))
+    seen, cursor, round_ = [], None, 0
+    while True:
+        page = api.get("/api/events", params={"take": 10, **({"cursor": cursor} if cursor else {})},
+                       headers=tenant.headers).json()
+        seen += [item["external_id"] for item in page["items"]]
+        # Newer, older and same-instant events arrive between pages.
+        ingest(api, tenant, [{"name": "late", "external_customer_id": "c", "external_id": f"late{round_}-{i}",
+                              "timestamp": (BASE + timedelta(days=day)).isoformat()} for i, day in enumerate((-1, 1, 2))])
+        round_ += 1
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(f"g{i}" for i in range(60))
+
+
+@pytest.mark.parametrize("params", [{"take": 0}, {"take": 101}, {"order": "up"}, {"cursor": "garbage!"},
+                                    {"depth": -1}, {"start_timestamp": "soon"}, {"meta[a][": "x"}])
+def test_bad_parameters_are_422(api: TestClient, tenant: Tenant, params: dict) -> None:
+    response = api.get("/api/events", params=params, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+
+
+def test_unknown_parameters_are_ignored(api: TestClient, tenant: Tenant) -> None:
+    assert api.get("/api/events", params={"colour": "blue"}, headers=tenant.headers).status_code == 200
+
+
+def test_single_event_and_isolation(api: TestClient, populated, other_tenant: Tenant) -> None:
+    tenant, _ = populated
+    item = all_events(api, tenant)[0]
+    single = api.get(f"/api/events/{item['id']}", headers=tenant.headers).json()
+    assert single == {**item, "child_count": 0}
+    assert api.get(f"/api/events/{item['id']}", headers=other_tenant.headers).status_code == 404
+    assert all_events(api, other_tenant) == []
+    assert api.get("/api/event-types", headers=other_tenant.headers).json() == []
+    assert api.get("/api/customers", headers=other_tenant.headers).json()["items"] == []
+
+
+def test_event_types_count_and_label(api: TestClient, populated, other_tenant: Tenant) -> None:
+    tenant, events = populated
+    types = {item["name"]: item for item in api.get("/api/event-types", headers=tenant.headers).json()}
+    for name, item in types.items():
+        mine = [event for event in events if event["name"] == name]
+        assert item["occurrences"] == len(mine) and item["source"] == "user" and item["label"] == name
+        assert item["first_seen"] == min(ts(e) for e in mine).isoformat().replace("+00:00", "Z")
+        assert item["last_seen"] == max(ts(e) for e in mine).isoformat().replace("+00:00", "Z")
+    type_id = types["api.call"]["id"]
+    assert api.patch(f"/api/event-types/{type_id}", json={"label": "API calls"}, headers=bearer(tenant.viewer)).status_code == 403
+    assert api.patch(f"/api/event-types/{type_id}", json={"label": "API calls"}, headers=other_tenant.headers).status_code == 404
+    assert api.patch(f"/api/event-types/{type_id}", json={"label": ""}, headers=tenant.headers).status_code == 422
+    patched = api.patch(f"/api/event-types/{type_id}", json={"label": "API calls"}, headers=tenant.headers)
+    assert patched.status_code == 200 and patched.json()["label"] == "API calls"
+    again = {item["name"]: item for item in api.get("/api/event-types", headers=tenant.headers).json()}
+    assert again["api.call"]["label"] == "API calls" and again["api.call"]["id"] == type_id
+
+
+def test_customers_lifecycle_and_one_identity(api: TestClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    ingest(api, tenant, [{"name": "early", "external_customer_id": "acme-1"}])
+    created = api.post("/api/customers", json={"external_id": "acme-1", "email": "a@acme.test", "name": "Acme"},
+                       headers=tenant.headers)
+    assert created.status_code == 201
+    customer = created.json()
+    assert set(customer) == {"id", "external_id", "email", "name", "metadata", "created_at"}
+    ingest(api, tenant, [{"name": "later", "customer_id": customer["id"]}])
+    by_id = all_events(api, tenant, customer_id=customer["id"])
+    assert sorted(item["name"] for item in by_id) == ["customer.created", "early", "later"]
+    assert {item["external_customer_id"] for item in by_id} == {"acme-1"}
+    assert api.post("/api/customers", json={"external_id": "acme-1"}, headers=tenant.headers).status_code == 409
+    patched = api.patch(f"/api/customers/{customer['id']}", json={"name": "Acme Inc"}, headers=tenant.headers)
+    assert patched.json()["name"] == "Acme Inc"
+    assert api.patch(f"/api/customers/acme-1", json={"external_id": "acme-2"}, headers=tenant.headers).status_code == 422
+    assert api.get("/api/customers/acme-1", headers=tenant.headers).json()["name"] == "Acme Inc"
+    assert api.get(f"/api/customers/{customer['id']}", headers=other_tenant.headers).status_code == 404
+    assert api.delete(f"/api/customers/{customer['id']}", headers=other_tenant.headers).status_code == 404
+    assert api.delete(f"/api/customers/{customer['id']}", headers=bearer(tenant.viewer)).status_code == 403
+    assert api.delete(f"/api/customers/{customer['id']}", headers=tenant.headers).status_code == 204
+    assert api.get(f"/api/customers/{customer['id']}", headers=tenant.headers).status_code == 404
+    system = all_events(api, tenant, source="system")
+    assert sorted(item["name"] for item in system) == ["customer.created", "customer.deleted", "customer.updated"]
+    assert {item["customer_id"] for item in system} == {customer["id"]}
+    types = {item["name"]: item["source"] for item in api.get("/api/event-types", headers=tenant.headers).json()}
+    assert types["customer.created"] == "system"
+
+
+def test_customer_list_pages(api: TestClient, tenant: Tenant) -> None:
+    made = [api.post("/api/customers", json={"external_id": f"p{i}"}, headers=tenant.headers).json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = api.get("/api/customers", params={"take": 2, **({"cursor": cursor} if cursor else {})},
+                       headers=tenant.headers).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert seen == made

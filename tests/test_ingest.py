@@ -1,0 +1,213 @@
+"""CONTRACT.md section 2, ingest: every field rule, all-or-nothing batches, body formats and limits, dedup."""
+
+import gzip
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import TestClient
+
+from tests.conftest import Tenant, bearer
+
+
+def ingest(api: TestClient, tenant: Tenant, events: list[dict], **kwargs):
+    return api.post("/api/events/ingest", json={"events": events}, headers=tenant.headers, **kwargs)
+
+
+def event(**fields) -> dict:
+    return {"name": "api.call", "external_customer_id": "cust-1", **fields}
+
+
+def all_events(api: TestClient, tenant: Tenant, **params) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        page = api.get("/api/events", params={**params, "take": 100, **({"cursor": cursor} if cursor else {})},
+                       headers=tenant.headers).json()
+        items += page["items"]
+        cursor = page["cursor"]
+        if cursor is None:
+            return items
+
+
+def errors_of(response) -> list[tuple[int, str]]:
+    assert response.status_code == 422, response.text
+    return [(error["index"], error["field"]) for error in response.json()["extra"]["errors"]]
+
+
+INVALID_EVENTS = [
+    ({"external_customer_id": "c"}, "name"),
+    (event(name=""), "name"),
+    (event(name="x" * 129), "name"),
+    (event(timestamp="yesterday"), "timestamp"),
+    (event(timestamp="2026-01-01T00:00:00"), "timestamp"),
+    (event(timestamp=(datetime.now(UTC) + timedelta(minutes=6)).isoformat()), "timestamp"),
+    ({"name": "a"}, "customer_id"),
+    ({"name": "a", "customer_id": str(uuid.uuid4()), "external_customer_id": "c"}, "customer_id"),
+    ({"name": "a", "customer_id": str(uuid.uuid4())}, "customer_id"),
+    ({"name": "a", "customer_id": "not-a-uuid"}, "customer_id"),
+    (event(external_customer_id=""), "external_customer_id"),
+    (event(external_customer_id="c" * 257), "external_customer_id"),
+    (event(external_id=""), "external_id"),
+    (event(external_id="e" * 257), "external_id"),
+    (event(parent_id="no-such-event"), "parent_id"),
+    (event(metadata=[1, 2]), "metadata"),
+    (event(metadata={"k" * 41: 1}), "metadata." + "k" * 41),
+    (event(metadata={"": 1}), "metadata."),
+    (event(metadata={"_private": 1}), "metadata._private"),
+    (event(metadata={"list": [1]}), "metadata.list"),
+    (event(metadata={"a": {"b": {"c": {"d": 1}}}}), "metadata.a.b.c"),
+    (event(metadata={f"k{i}": i for i in range(51)}), "metadata"),
+    (event(metadata={"blob": "x" * 16_400}), "metadata"),
+    (event(metadata={"_cost": {"amount": 1, "currency": "eur"}}), "metadata._cost.currency"),
+    (event(metadata={"_cost": {"amount": "abc", "currency": "usd"}}), "metadata._cost.amount"),
+    (event(metadata={"_cost": {"amount": 0.1234567890123, "currency": "usd"}}), "metadata._cost.amount"),
+    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": -1, "output_tokens": 0, "total_tokens": 0}}),
+     "metadata._llm.input_tokens"),
+    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1}}), "metadata._llm.total_tokens"),
+    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1.5, "output_tokens": 1, "total_tokens": 2}}),
+     "metadata._llm.input_tokens"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), INVALID_EVENTS, ids=[f"{i}-{f}" for i, (_, f) in enumerate(INVALID_EVENTS)])
+def test_each_field_rule_is_a_422_naming_index_and_field(api: TestClient, tenant: Tenant, bad: dict, field: str) -> None:
+    response = ingest(api, tenant, [event(external_id="fine-1"), bad])
+    assert (1, field) in errors_of(response)
+    assert all_events(api, tenant) == []  # all or nothing
+
+
+def test_valid_edges_are_accepted(api: TestClient, tenant: Tenant) -> None:
+    accepted = [
+        event(name="x" * 128, external_id="e" * 256, external_customer_id="c" * 256),
+        event(timestamp=(datetime.now(UTC) + timedelta(minutes=4)).isoformat()),
+        event(timestamp="2026-03-01T12:00:00+05:30", metadata={"a": {"b": {"c": 1}}, "n": None, "ok": True}),
+        event(metadata={f"k{i}": i for i in range(50)}),
+        event(metadata={"_cost": {"amount": 0.123456789012, "currency": "usd"},
+                        "_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 2, "total_tokens": 3,
+                                 "cached_input_tokens": 0}}),
+    ]
+    assert ingest(api, tenant, accepted).json() == {"inserted": 5, "duplicates": 0}
+    stored = all_events(api, tenant, order="asc")
+    shifted = next(item for item in stored if item["timestamp"] == "2026-03-01T06:30:00Z")
+    assert shifted["metadata"] == {"a": {"b": {"c": 1}}, "n": None, "ok": True}
+    cost = next(item for item in stored if "_cost" in item["metadata"])
+    assert cost["metadata"]["_cost"]["amount"] == 0.123456789012
+
+
+def test_stored_event_shape_and_default_timestamp(api: TestClient, tenant: Tenant) -> None:
+    before = datetime.now(UTC)
+    assert ingest(api, tenant, [event(external_id="shape")]).status_code == 200
+    (stored,) = all_events(api, tenant)
+    assert set(stored) == {"id", "name", "timestamp", "ingested_at", "source", "customer_id", "external_customer_id",
+                           "external_id", "parent_id", "root_id", "depth", "metadata"}
+    assert stored["timestamp"].endswith("Z") and stored["source"] == "user" and stored["depth"] == 0
+    assert stored["root_id"] == stored["id"] and stored["metadata"] == {}
+    stamp = datetime.fromisoformat(stored["timestamp"])
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC)
+
+
+def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
+    lines = "\n".join(json.dumps(event(external_id=f"nd-{i}")) for i in range(3)).encode()
+    plain = api.post("/api/events/ingest", content=lines, headers={**tenant.headers, "Content-Type": "application/x-ndjson"})
+    assert plain.json() == {"inserted": 3, "duplicates": 0}
+    zipped = api.post("/api/events/ingest", content=gzip.compress(lines + b"\n" + json.dumps(event(external_id="nd-9")).encode()),
+                      headers={**tenant.headers, "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"})
+    assert zipped.json() == {"inserted": 1, "duplicates": 3}
+    body = gzip.compress(json.dumps({"events": [event(external_id="gz-1")]}).encode())
+    as_json = api.post("/api/events/ingest", content=body,
+                       headers={**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert as_json.json() == {"inserted": 1, "duplicates": 0}
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), [
+    (b'{"events": [', {}, 400),
+    (b'{"events": [{"name": "a", "external_customer_id": "c"}, ]}', {}, 400),
+    (b'{"name": "a"}\n{"name": ', {"Content-Type": "application/x-ndjson"}, 400),
+    (gzip.compress(b'{"events": []}')[:-6], {"Content-Encoding": "gzip"}, 400),
+    (b"not gzip at all", {"Content-Encoding": "gzip"}, 400),
+    (b'{"events": []}', {"Content-Type": "text/plain"}, 415),
+    (b'{"events": 3}', {}, 422),
+    (b'[]', {}, 422),
+])
+def test_broken_bodies(api: TestClient, tenant: Tenant, body: bytes, headers: dict, status: int) -> None:
+    response = api.post("/api/events/ingest", content=body,
+                        headers={**tenant.headers, "Content-Type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"status_code", "detail", "extra"}
+
+
+def test_size_limits(api: TestClient, tenant: Tenant) -> None:
+    too_many = ingest(api, tenant, [event()] * 10_001)
+    assert too_many.status_code == 413
+    exactly = ingest(api, tenant, [{"name": "n", "external_customer_id": "c"}] * 10_000)
+    assert exactly.json() == {"inserted": 10_000, "duplicates": 0}
+    huge = json.dumps({"events": [event(metadata={"blob": "x" * 15_000})] * 800}).encode()
+    assert len(huge) > 11 * 1024 * 1024
+    assert api.post("/api/events/ingest", content=huge, headers={**tenant.headers, "Content-Type": "application/json"}).status_code == 413
+    zipped = api.post("/api/events/ingest", content=gzip.compress(huge),
+                      headers={**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert zipped.status_code == 413
+    assert len(all_events(api, tenant, name="api.call")) == 0
+
+
+def test_dedup_within_and_across_batches_counts_nowhere_else(api: TestClient, tenant: Tenant) -> None:
+    first = ingest(api, tenant, [event(external_id="d1"), event(external_id="d2"), event(external_id="d1")])
+    assert first.json() == {"inserted": 2, "duplicates": 1}
+    again = ingest(api, tenant, [event(external_id="d2", name="other"), event(external_id="d3"), event()])
+    assert again.json() == {"inserted": 2, "duplicates": 1}
+    stored = all_events(api, tenant)
+    assert sorted(item["external_id"] or "" for item in stored) == ["", "d1", "d2", "d3"]
+    types = {item["name"]: item["occurrences"] for item in api.get("/api/event-types", headers=tenant.headers).json()}
+    assert types == {"api.call": 4}
+
+
+def test_the_same_external_id_in_another_workspace_is_not_a_duplicate(api: TestClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    assert ingest(api, tenant, [event(external_id="shared")]).json()["inserted"] == 1
+    assert ingest(api, other_tenant, [event(external_id="shared")]).json()["inserted"] == 1
+
+
+def test_roles_for_ingest(api: TestClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    body = {"events": [event()]}
+    assert api.post("/api/events/ingest", json=body, headers=bearer(tenant.viewer)).status_code == 403
+    assert api.post("/api/events/ingest", json=body, headers=bearer(tenant.member)).status_code == 200
+    assert api.post(f"/api/events/ingest?workspace_id={other_tenant.id}", json=body, headers=tenant.headers).status_code == 404
+    assert api.post("/api/events/ingest", json=body, headers={"Authorization": ""}).status_code == 401
+
+
+def test_workspace_id_resolution(api: TestClient, tenant: Tenant, other_tenant: Tenant) -> None:
+    # The operator reads every workspace, so it must say which; a one-workspace user need not.
+    assert api.get("/api/events").status_code == 422
+    assert api.get(f"/api/events?workspace_id={tenant.id}").status_code == 200
+    assert api.get("/api/events", headers=bearer(tenant.viewer)).status_code == 200
+    assert api.get(f"/api/events?workspace_id={uuid.uuid4()}").status_code == 404
+    user = api.post("/api/users", json={"email": f"{uuid.uuid4().hex}@example.com"}).json()
+    for workspace in (tenant, other_tenant):
+        api.put(f"/api/workspaces/{workspace.id}/members/{user['id']}", json={"role": "viewer"})
+    token = api.post(f"/api/users/{user['id']}/tokens").json()["token"]
+    assert api.get("/api/events", headers=bearer(token)).status_code == 422
+    assert api.get(f"/api/events?workspace_id={other_tenant.id}", headers=bearer(token)).status_code == 200
+
+
+def test_hierarchy(api: TestClient, tenant: Tenant) -> None:
+    assert ingest(api, tenant, [event(external_id="root")]).status_code == 200
+    root = all_events(api, tenant)[0]
+    batch = [
+        event(external_id="grandchild", parent_id="child"),  # its parent comes later in the same batch
+        event(external_id="child", parent_id="root"),
+        event(external_id="by-id", parent_id=root["id"]),
+    ]
+    assert ingest(api, tenant, batch).json() == {"inserted": 3, "duplicates": 0}
+    stored = {item["external_id"]: item for item in all_events(api, tenant)}
+    assert stored["child"]["parent_id"] == root["id"] and stored["child"]["depth"] == 1
+    assert stored["grandchild"]["parent_id"] == stored["child"]["id"] and stored["grandchild"]["depth"] == 2
+    assert {stored[key]["root_id"] for key in stored} == {root["id"]}
+    children = all_events(api, tenant, parent_id=root["id"])
+    assert sorted(item["external_id"] for item in children) == ["by-id", "child"]
+    assert sorted(item["external_id"] for item in all_events(api, tenant, parent_id="root")) == ["by-id", "child"]
+    assert api.get(f"/api/events/{root['id']}", headers=tenant.headers).json()["child_count"] == 2
+    cycle = ingest(api, tenant, [event(external_id="a", parent_id="b"), event(external_id="b", parent_id="a")])
+    assert {field for _, field in errors_of(cycle)} == {"parent_id"}
+    # A duplicate's reference resolves to the stored event.
+    again = ingest(api, tenant, [event(external_id="root"), event(external_id="late", parent_id="root")])
+    assert again.json() == {"inserted": 1, "duplicates": 1}
