@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app.auth.dependencies import DEPENDENCIES
 from app.auth.middleware import BearerTokenMiddleware
 from app.auth.routes import UserController, WorkspaceController
+from app.auth.service import KnownTokens
 from app.customers.routes import CustomerController
 from app.events.claims import LocalClaims, RedisClaims
 from app.events.routes import EventController, EventTypeController
@@ -56,6 +57,7 @@ async def clickhouse_lifespan(app: Litestar) -> AsyncIterator[None]:
         await migrate(client)
         app.state.clickhouse = client
         app.state.operator_token = operator_token(settings)
+        app.state.known_tokens = KnownTokens()
         yield
     finally:
         await client.close()

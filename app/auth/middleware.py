@@ -13,7 +13,7 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException(detail="Missing bearer token")
         state = connection.app.state
-        principal = await authenticate(state.clickhouse, state.operator_token, token.strip())
+        principal = await authenticate(state.clickhouse, state.known_tokens, state.operator_token, token.strip())
         if principal is None:
             raise NotAuthorizedException(detail="Unknown token")
         return AuthenticationResult(user=principal, auth=None)

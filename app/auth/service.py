@@ -49,14 +49,36 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def authenticate(client: AsyncClient, operator_token: str, token: str) -> Principal | None:
+class KnownTokens:
+    """Tokens already looked up by this process. A token's owner never changes and no route revokes a token,
+    so a hit needs no query; what a user may do is still read from memberships on every request."""
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self.max_size = max_size
+        self._owners: dict[str, Principal] = {}
+
+    def get(self, token_hash: str) -> Principal | None:
+        return self._owners.get(token_hash)
+
+    def add(self, token_hash: str, principal: Principal) -> None:
+        if len(self._owners) >= self.max_size:
+            self._owners.clear()
+        self._owners[token_hash] = principal
+
+
+async def authenticate(client: AsyncClient, known: KnownTokens, operator_token: str, token: str) -> Principal | None:
     if hmac.compare_digest(token.encode(), operator_token.encode()):
         return Principal("operator")
-    owner = await queries.token_owner(client, hash_token(token))
+    token_hash = hash_token(token)
+    if (principal := known.get(token_hash)) is not None:
+        return principal
+    owner = await queries.token_owner(client, token_hash)
     if owner is None:
         return None
     kind, user_id, workspace_id = owner
-    return Principal(kind, user_id=user_id, workspace_id=workspace_id)  # type: ignore[arg-type]
+    principal = Principal(kind, user_id=user_id, workspace_id=workspace_id)  # type: ignore[arg-type]
+    known.add(token_hash, principal)
+    return principal
 
 
 async def readable_workspaces(client: AsyncClient, principal: Principal) -> dict[UUID, str]:

@@ -5,6 +5,8 @@ from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from app.warehouse.client import string_sets
+
 CUSTOMER_COLUMNS = "id, external_id, email, name, metadata, created_at"
 
 
@@ -14,8 +16,9 @@ async def customers_by_reference(
     """(id, external_id) of the live customers named by any of these ids or external ids."""
     result = await client.query(
         "SELECT id, external_id FROM customers FINAL WHERE workspace_id = {workspace:UUID} AND NOT deleted "
-        "AND (id IN {ids:Array(UUID)} OR external_id IN {external_ids:Array(String)})",
-        parameters={"workspace": workspace_id, "ids": ids, "external_ids": external_ids},
+        "AND (toString(id) IN (SELECT value FROM ids) OR external_id IN (SELECT value FROM external_ids))",
+        parameters={"workspace": workspace_id},
+        external_data=string_sets(ids=map(str, ids), external_ids=external_ids),
     )
     return [(row[0], row[1]) for row in result.result_rows]
 

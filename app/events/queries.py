@@ -7,6 +7,8 @@ from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from app.warehouse.client import string_sets
+
 EVENT_COLUMNS = [
     "workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
     "external_customer_id", "external_id", "dedup_key", "parent_id", "root_id", "depth", "metadata",
@@ -24,8 +26,9 @@ async def stored_keys(client: AsyncClient, workspace_id: UUID, keys: list[str]) 
         return {}
     result = await client.query(
         "SELECT key, id, root_id, depth FROM event_keys WHERE workspace_id = {workspace:UUID} "
-        "AND key IN {keys:Array(String)} LIMIT 1 BY key",
-        parameters={"workspace": workspace_id, "keys": keys},
+        "AND key IN (SELECT value FROM wanted) LIMIT 1 BY key",
+        parameters={"workspace": workspace_id},
+        external_data=string_sets(wanted=keys),
     )
     return {row[0]: (row[1], row[2], row[3]) for row in result.result_rows}
 

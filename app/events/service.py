@@ -23,13 +23,14 @@ from app.events.claims import LocalClaims, RedisClaims
 from app.events.queries import EVENT_COLUMNS, EventFilter
 from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
 from app.events.validation import BatchInvalid, ValidEvent
-from app.events.writer import EventWriter
+from app.events.coalescer import Coalescer
 from app.stream.broker import Broker
 
 log = logging.getLogger(__name__)
 
 METADATA_PARAMETER = re.compile(r"meta(\[[^\[\]]+\])+")
 METADATA_SEGMENT = re.compile(r"\[([^\[\]]+)\]")
+MAX_EVENTS_PER_ROUND = 100_000
 EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
 
 
@@ -52,89 +53,139 @@ class Placed:
     parent_id: UUID | None
 
 
+@dataclass(slots=True)
+class IngestJob:
+    """One request's events, waiting for the next round of the pipeline; its claims are held meanwhile."""
+
+    workspace_id: UUID
+    events: list[ValidEvent]
+    received_at: datetime
+    source: str
+    # Known up front for system events; resolved in the round for producers' events.
+    identities: dict[int, tuple] | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    job: IngestJob
+    stored: list[StoredEvent]
+    rows: list[list[Any]]
+    duplicates: int
+
+
 class EventStore:
-    """The ingest pipeline of one API process: claims, the coalescing writer, and the live-event broker."""
+    """The ingest pipeline of one API process: claims, coalesced lookups and inserts, and publishing."""
 
     def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims, broker: Broker) -> None:
         self.client = client
         self.claims = claims
         self.broker = broker
-        self.writer = EventWriter(client, "events", EVENT_COLUMNS)
-
-    async def ingest(self, workspace_id: UUID, events: list[ValidEvent], received_at: datetime,
-                     source: str = "user") -> IngestResult:
-        identities = await self._customer_identities(workspace_id, events)
-        keys = [f"x:{item.event.external_id}" for item in events if item.event.external_id is not None]
-        # Shielded: a client that disconnects mid-write must not release its claims before its rows land.
-        return await asyncio.shield(
-            self._store(workspace_id, events, identities, keys, received_at, source)
+        self.pipeline: Coalescer[IngestJob, IngestResult] = Coalescer(
+            self._process, lambda job: len(job.events), MAX_EVENTS_PER_ROUND, "ingest-pipeline"
         )
 
-    async def _store(self, workspace_id: UUID, events: list[ValidEvent], identities: dict[int, tuple],
-                     keys: list[str], received_at: datetime, source: str) -> IngestResult:
-        async with self.claims.claim(workspace_id, keys):
-            known = await queries.stored_keys(self.client, workspace_id, keys + _parent_keys(events))
-            fresh, duplicates = _split_duplicates(events, known)
-            placed = _place_in_trees(fresh, known)
-            stored = [
-                _stored_event(item, placed[item.index], identities[item.index], received_at, source)
-                for item in fresh
-            ]
-            if stored:
-                rows = [_row(workspace_id, event, item, identities[item.index])
-                        for event, item in zip(stored, fresh, strict=True)]
-                try:
-                    await self.writer.write(rows)
-                except Exception as error:
-                    # Nothing of the batch is acknowledged; the claims are released on the way out so the
-                    # producer's retry is stored, not skipped.
-                    log.warning("insert of %d events failed: %s", len(rows), error)
-                    raise StoreUnavailable() from error
-        if stored:
-            await self.broker.publish(
-                str(workspace_id), [(str(event.id), event.name, msgspec.json.encode(event)) for event in stored]
-            )
-        return IngestResult(inserted=len(stored), duplicates=duplicates)
+    async def start(self) -> None:
+        self.pipeline.start()
+
+    async def stop(self) -> None:
+        await self.pipeline.stop()
+
+    async def ingest(self, workspace_id: UUID, events: list[ValidEvent], received_at: datetime) -> IngestResult:
+        return await self._submit(IngestJob(workspace_id, events, received_at, "user"))
 
     async def record_customer_event(self, workspace_id: UUID, name: str, customer: Any) -> None:
         """A `customer.*` system event about this customer."""
         metadata = {"customer_id": str(customer.id), "email": customer.email, "name": customer.name}
-        metadata_json = msgspec.json.encode(metadata)
-        item = ValidEvent(0, EventIn(name=name, customer_id=customer.id), metadata, metadata_json, None, None)
+        item = ValidEvent(0, EventIn(name=name, customer_id=customer.id), metadata, msgspec.json.encode(metadata),
+                          None, None)
         identity = (customer_key(customer.id, customer.external_id), customer.id, customer.external_id)
-        received_at = datetime.now(UTC)
-        await asyncio.shield(self._store(workspace_id, [item], {0: identity}, [], received_at, "system"))
+        await self._submit(IngestJob(workspace_id, [item], datetime.now(UTC), "system", {0: identity}))
 
-    async def _customer_identities(self, workspace_id: UUID, events: list[ValidEvent]) -> dict[int, tuple]:
-        """(customer_key, customer_id, external_customer_id) per event; 422 for an unknown customer_id."""
+    async def _submit(self, job: IngestJob) -> IngestResult:
+        keys = [f"x:{item.event.external_id}" for item in job.events if item.event.external_id is not None]
+        # Shielded: a client that disconnects mid-write must not release its claims before its rows land.
+        return await asyncio.shield(self._claim_and_run(job, keys))
+
+    async def _claim_and_run(self, job: IngestJob, keys: list[str]) -> IngestResult:
+        async with self.claims.claim(job.workspace_id, keys):
+            return await self.pipeline.submit(job)
+
+    async def _process(self, jobs: list[IngestJob]) -> list[IngestResult | Exception]:
+        """One round: lookups per workspace, each job checked on its own, one insert, then publishing."""
+        workspaces = {job.workspace_id for job in jobs}
+        lookups = dict(zip(workspaces, await asyncio.gather(
+            *(self._lookup(workspace, [job for job in jobs if job.workspace_id == workspace]) for workspace in workspaces)
+        ), strict=True))
+        outcomes: list[Prepared | Exception] = []
+        for job in jobs:
+            try:
+                outcomes.append(_prepare(job, *lookups[job.workspace_id]))
+            except BatchInvalid as error:
+                outcomes.append(error)
+        prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
+        rows = [row for outcome in prepared for row in outcome.rows]
+        if rows:
+            try:
+                await self.client.insert("events", rows, column_names=EVENT_COLUMNS)
+            except Exception as error:  # noqa: BLE001
+                # Nothing is acknowledged; the claims are released on the way out so retries are stored.
+                log.warning("insert of %d events failed: %s", len(rows), error)
+                return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in outcomes]
+        for outcome in prepared:
+            if outcome.stored:
+                await self.broker.publish(str(outcome.job.workspace_id), [
+                    (str(event.id), event.name, msgspec.json.encode(event)) for event in outcome.stored])
+        return [outcome if isinstance(outcome, Exception) else
+                IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
+
+    async def _lookup(self, workspace_id: UUID, jobs: list[IngestJob]) -> tuple[list[tuple], dict[str, tuple]]:
+        """The customers the jobs name and the stored events their external ids and parents name."""
+        events = [item for job in jobs if job.identities is None for item in job.events]
         ids = list({item.event.customer_id for item in events if item.event.customer_id is not None})
-        external = list({item.event.external_customer_id for item in events
-                         if item.event.external_customer_id is not None})
-        found = await customers_by_reference(self.client, workspace_id, ids, external) if (ids or external) else []
-        by_id = {customer_id: external_id for customer_id, external_id in found}
-        by_external = {external_id: customer_id for customer_id, external_id in found if external_id is not None}
-        identities: dict[int, tuple] = {}
-        errors = []
-        for item in events:
-            event = item.event
-            if event.customer_id is not None:
-                if event.customer_id not in by_id:
-                    errors.append(IngestError(item.index, "customer_id", "no such customer in this workspace"))
-                    continue
-                external_id = by_id[event.customer_id]
-                identities[item.index] = (customer_key(event.customer_id, external_id), event.customer_id, external_id)
-            else:
-                external_id = event.external_customer_id
-                identities[item.index] = (customer_key(None, external_id), by_external.get(external_id), external_id)
-        if errors:
-            raise _batch_invalid(errors)
-        return identities
+        external = list({item.event.external_customer_id for item in events if item.event.external_customer_id})
+        keys = [f"x:{item.event.external_id}" for job in jobs for item in job.events if item.event.external_id]
+        keys += [key for job in jobs for key in _parent_keys(job.events)]
+        customers, known = await asyncio.gather(
+            customers_by_reference(self.client, workspace_id, ids, external) if ids or external else _nothing(),
+            queries.stored_keys(self.client, workspace_id, keys),
+        )
+        return customers, known
 
-    async def start(self) -> None:
-        self.writer.start()
 
-    async def stop(self) -> None:
-        await self.writer.stop()
+async def _nothing() -> list[tuple]:
+    return []
+
+
+def _prepare(job: IngestJob, customers: list[tuple], known: dict[str, tuple]) -> Prepared:
+    identities = job.identities if job.identities is not None else _identities(job.events, customers)
+    fresh, duplicates = _split_duplicates(job.events, known)
+    placed = _place_in_trees(fresh, known)
+    stored = [_stored_event(item, placed[item.index], identities[item.index], job.received_at, job.source)
+              for item in fresh]
+    rows = [_row(job.workspace_id, event, item, identities[item.index]) for event, item in zip(stored, fresh, strict=True)]
+    return Prepared(job, stored, rows, duplicates)
+
+
+def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, tuple]:
+    """(customer_key, customer_id, external_customer_id) per event; 422 for an unknown customer_id."""
+    by_id = {customer_id: external_id for customer_id, external_id in customers}
+    by_external = {external_id: customer_id for customer_id, external_id in customers if external_id is not None}
+    identities: dict[int, tuple] = {}
+    errors = []
+    for item in events:
+        event = item.event
+        if event.customer_id is not None:
+            if event.customer_id not in by_id:
+                errors.append(IngestError(item.index, "customer_id", "no such customer in this workspace"))
+                continue
+            external_id = by_id[event.customer_id]
+            identities[item.index] = (customer_key(event.customer_id, external_id), event.customer_id, external_id)
+        else:
+            external_id = event.external_customer_id
+            identities[item.index] = (customer_key(None, external_id), by_external.get(external_id), external_id)
+    if errors:
+        raise _batch_invalid(errors)
+    return identities
 
 
 def _batch_invalid(errors: list[IngestError]) -> BatchInvalid:

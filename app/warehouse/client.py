@@ -1,9 +1,12 @@
 """The one path to ClickHouse: clickhouse-connect's async HTTP client, for the embedded server and any other."""
 
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
+import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
+from clickhouse_connect.driver.external import ExternalData
 
 # Server-side settings every session of the API uses.
 SESSION_SETTINGS = {
@@ -35,3 +38,13 @@ def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
     return parts._replace(path=f"/{database}").geturl()
+
+
+def string_sets(**sets: Iterable[str]) -> ExternalData:
+    """Sets of strings sent with a query as temporary tables `name(value String)`: a set of thousands of keys
+    does not fit in a bound parameter (ClickHouse's HTTP form fields are limited in size)."""
+    external = ExternalData()
+    for name, values in sets.items():
+        rows = b"\n".join(msgspec.json.encode({"value": value}) for value in values)
+        external.add_file(file_name=name, data=rows, fmt="JSONEachRow", structure="value String")
+    return external

@@ -1,0 +1,63 @@
+"""Many concurrent requests, one round of work: whatever queued while the last round ran goes into the next.
+
+There is no artificial delay: under light load a job runs at once; under heavy load each round takes all the
+jobs that arrived meanwhile, so small batches from many producers share lookups and one insert.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+class Coalescer(Generic[Job, Result]):
+    def __init__(
+        self,
+        process: Callable[[list[Job]], Awaitable[list[Result | Exception]]],
+        size: Callable[[Job], int],
+        max_size: int,
+        name: str,
+    ) -> None:
+        self._process = process
+        self._size = size
+        self._max_size = max_size
+        self._name = name
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Result]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            future.cancel()
+
+    async def submit(self, job: Job) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        await self._queue.put((job, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            size = self._size(batch[0][0])
+            while size < self._max_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                size += self._size(batch[-1][0])
+            try:
+                results = await self._process([job for job, _ in batch])
+            except Exception as error:  # noqa: BLE001 - every job of the round shares the failure
+                results = [error] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)

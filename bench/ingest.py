@@ -1,0 +1,265 @@
+"""Ingest benchmark (issue 3). Prints figures and ratios measured in one run; asserts nothing.
+
+  .venv/bin/python bench/ingest.py [--events 200000] [--prefill 0] [--no-postgres]
+
+Starts the API as `make run` does (its own embedded ClickHouse on free ports, a temporary DATA_DIR), then:
+- events/s through the API: 1,000-event batches from 8 producers; 10-event batches from 64 producers;
+- the limit: the same rows sent straight to ClickHouse as INSERT ... FORMAT JSONEachRow, 100k rows a request;
+- the baseline: the same batches into PostgreSQL (JSONB, unique (workspace, external_id), ON CONFLICT DO
+  NOTHING) when a server answers on 127.0.0.1:5432;
+- p50/p99 of one 1,000-event request, the API process's memory, and the newest 50 events of the biggest
+  workspace with meta[status]=500 and the next page by cursor (with --prefill N events stored first).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.warehouse.embedded import EmbeddedServer  # noqa: E402
+
+NAMES = [f"event.{i:02d}" for i in range(20)]
+OPERATOR = "bench-operator-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_events(count: int, seed: int, start: datetime) -> list[dict]:
+    """About 300 bytes each: 20 names, 10k customers, _cost, _llm and a few numeric and string fields."""
+    rng = random.Random(seed)
+    prefix = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
+    return [
+        {
+            "name": rng.choice(NAMES),
+            "timestamp": (start + timedelta(seconds=rng.randrange(0, 86_400 * 7))).isoformat(),
+            "external_customer_id": f"cust-{rng.randrange(10_000)}",
+            "external_id": f"{prefix}-{i}",
+            "metadata": {
+                "status": rng.choice([200, 200, 200, 404, 500]),
+                "duration_ms": round(rng.lognormvariate(4, 1), 2),
+                "region": rng.choice(["eu-west", "us-east", "ap-south"]),
+                "route": f"/api/v1/items/{rng.randrange(100)}",
+                "_cost": {"amount": round(rng.random() / 100, 8), "currency": "usd"},
+                "_llm": {"vendor": "openai", "model": "gpt-x", "input_tokens": (t := rng.randrange(1, 2000)),
+                         "output_tokens": (o := rng.randrange(1, 500)), "total_tokens": t + o},
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Api:
+    def __init__(self, data_dir: Path, clickhouse_url: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PORT": str(self.port), "DATA_DIR": str(data_dir), "ADMIN_TOKEN": OPERATOR,
+               "CLICKHOUSE_URL": clickhouse_url}
+        env.pop("REDIS_URL", None)
+        self.log = open(data_dir.parent / "api.log", "wb")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/api/health", timeout=1).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("the API did not start")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def workspace_token(api: Api) -> tuple[str, str]:
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    workspace = httpx.post(f"{api.url}/api/workspaces", json={"name": "bench"}, headers=headers).json()["id"]
+    token = httpx.post(f"{api.url}/api/workspaces/{workspace}/tokens", json={}, headers=headers).json()["token"]
+    return workspace, token
+
+
+async def through_api(api: Api, token: str, events: list[dict], batch: int, producers: int) -> tuple[float, list[float]]:
+    """events/s, and each request's latency in ms."""
+    batches = [json.dumps({"events": events[i:i + batch]}).encode() for i in range(0, len(events), batch)]
+    latencies: list[float] = []
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in batches:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=producers, max_keepalive_connections=producers)
+    async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=120,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as client:
+        async def producer() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                response = await client.post("/api/events/ingest", content=body)
+                response.raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(producer() for _ in range(producers)))
+        elapsed = time.perf_counter() - started
+    return len(events) / elapsed, latencies
+
+
+def straight_to_clickhouse(server: EmbeddedServer, workspace: str, events: list[dict]) -> float:
+    """The same rows, as the API would store them, in 100k-row JSONEachRow inserts: the ceiling."""
+    now = datetime.now(UTC).isoformat()
+    rows = []
+    for event in events:
+        meta = event["metadata"]
+        rows.append(json.dumps({
+            "workspace_id": workspace, "id": str(uuid.uuid4()), "name": event["name"],
+            "timestamp": event["timestamp"], "ingested_at": now, "source": "user",
+            "customer_key": "x:" + event["external_customer_id"], "external_customer_id": event["external_customer_id"],
+            "external_id": "ch-" + event["external_id"], "dedup_key": "ch-" + event["external_id"],
+            "root_id": str(uuid.uuid4()), "depth": 0, "metadata": json.dumps(meta),
+            "num": {"status": meta["status"], "duration_ms": meta["duration_ms"], "_cost.amount": meta["_cost"]["amount"],
+                    **{f"_llm.{k}": v for k, v in meta["_llm"].items() if isinstance(v, int)}},
+            "str": {"region": meta["region"], "route": meta["route"], "_cost.currency": "usd",
+                    "_llm.vendor": "openai", "_llm.model": "gpt-x"},
+            "bool": {}, "cost_amount": meta["_cost"]["amount"], "llm_total_tokens": meta["_llm"]["total_tokens"],
+        }))
+    url = f"http://127.0.0.1:{server.http_port}/?query=" + urllib.parse.quote(
+        "INSERT INTO events SETTINGS date_time_input_format='best_effort' FORMAT JSONEachRow")
+    auth = {"X-ClickHouse-User": "admin", "X-ClickHouse-Key": server.password("admin")}
+    started = time.perf_counter()
+    for i in range(0, len(rows), 100_000):
+        request = urllib.request.Request(url, data="\n".join(rows[i:i + 100_000]).encode(), headers=auth)
+        urllib.request.urlopen(request, timeout=600).read()
+    return len(rows) / (time.perf_counter() - started)
+
+
+def postgres_baseline(events: list[dict], batch: int, producers: int) -> float | None:
+    try:
+        import psycopg  # noqa: PLC0415
+    except ImportError:
+        print("  postgres: skipped (psycopg not installed: make bench installs it)")
+        return None
+    dsn = os.environ.get("BENCH_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute("DROP TABLE IF EXISTS bench_events")
+            connection.execute(
+                "CREATE TABLE bench_events (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), workspace uuid, name text, "
+                "ts timestamptz, customer text, external_id text, metadata jsonb)")
+            connection.execute("CREATE UNIQUE INDEX ON bench_events (workspace, external_id)")
+            connection.execute("CREATE INDEX ON bench_events (workspace, ts DESC)")
+    except psycopg.OperationalError as error:
+        print(f"  postgres: skipped (no server: {str(error).splitlines()[0]})")
+        return None
+    workspace = str(uuid.uuid4())
+    chunks = [json.dumps(events[i:i + batch]) for i in range(0, len(events), batch)]
+    sql = ("INSERT INTO bench_events (workspace, name, ts, customer, external_id, metadata) "
+           "SELECT %s, e->>'name', (e->>'timestamp')::timestamptz, e->>'external_customer_id', e->>'external_id', "
+           "e->'metadata' FROM jsonb_array_elements(%s::jsonb) AS e ON CONFLICT DO NOTHING")
+
+    def produce(part: list[str]) -> None:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            for chunk in part:
+                connection.execute(sql, (workspace, chunk))
+
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(producers) as pool:
+        list(pool.map(produce, [chunks[i::producers] for i in range(producers)]))
+    return len(events) / (time.perf_counter() - started)
+
+
+async def listing_latency(api: Api, token: str, rounds: int = 50) -> tuple[list[float], list[float]]:
+    first, second = [], []
+    async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            page = (await client.get("/api/events", params={"take": 50, "meta[status]": "500"})).json()
+            first.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            await client.get("/api/events", params={"take": 50, "meta[status]": "500", "cursor": page["cursor"]})
+            second.append((time.perf_counter() - started) * 1000)
+    return first, second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--prefill", type=int, default=0, help="events stored in each system before measuring")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    server = EmbeddedServer(root / "ch", free_port(), free_port())
+    server.start()
+    api = Api(root / "api", server.url)
+    try:
+        workspace, token = workspace_token(api)
+        start = datetime.now(UTC) - timedelta(days=8)
+        if args.prefill:
+            print(f"prefilling {args.prefill:,} events ...", flush=True)
+            for offset in range(0, args.prefill, 1_000_000):
+                straight_to_clickhouse(server, workspace, make_events(min(1_000_000, args.prefill - offset), 1000 + offset, start))
+        big = make_events(args.events, 1, start)
+        small = make_events(args.events // 4, 2, start)
+        print(f"ingest benchmark: {args.events:,} events of ~{len(json.dumps(big[0]))} bytes, 2 cores, "
+              f"prefill {args.prefill:,}")
+        rate_big, latencies = asyncio.run(through_api(api, token, big, 1000, 8))
+        print(f"  API, 1,000-event batches x 8 producers: {rate_big:,.0f} events/s; request p50 "
+              f"{percentile(latencies, 0.5):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms; API RSS {api.rss_mib():.0f} MiB")
+        rate_small, small_latencies = asyncio.run(through_api(api, token, small, 10, 64))
+        print(f"  API, 10-event batches x 64 producers:   {rate_small:,.0f} events/s; request p50 "
+              f"{percentile(small_latencies, 0.5):.1f} ms, p99 {percentile(small_latencies, 0.99):.1f} ms")
+        limit = straight_to_clickhouse(server, workspace, big)
+        print(f"  ClickHouse alone, JSONEachRow 100k/insert: {limit:,.0f} events/s")
+        print(f"  ratio API(1,000) / ClickHouse alone: {rate_big / limit:.2f}  (goal >= 0.5)")
+        postgres = None if args.no_postgres else postgres_baseline(big, 1000, 8)
+        if postgres:
+            print(f"  PostgreSQL JSONB + ON CONFLICT, 1,000 x 8: {postgres:,.0f} events/s")
+            print(f"  ratio API(1,000) / PostgreSQL: {rate_big / postgres:.2f}  (goal > 3)")
+        first, second = asyncio.run(listing_latency(api, token))
+        print(f"  newest 50 with meta[status]=500: p50 {statistics.median(first):.1f} ms, p99 {percentile(first, 0.99):.1f} ms; "
+              f"next page: p50 {statistics.median(second):.1f} ms  (goal p50 < 10 ms)")
+    finally:
+        api.stop()
+        server.stop()
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
