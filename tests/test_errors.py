@@ -1,6 +1,12 @@
 """CONTRACT.md section 9: every error is JSON {status_code, detail, extra}, with nothing internal in it."""
 
+import logging
+
+from litestar import get
 from litestar.testing import TestClient
+
+from app.main import create_app
+from tests.conftest import OPERATOR_TOKEN
 
 
 def assert_error(response, status: int) -> dict:
@@ -25,7 +31,35 @@ def test_malformed_json_is_400_and_invalid_value_is_422(api: TestClient) -> None
     assert body["extra"]
 
 
-def test_unexpected_failure_is_500_with_a_request_id_only(api: TestClient) -> None:
-    # A token that is not valid UTF-8 text for the hash lookup cannot crash the server into a trace.
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_unexpected_failure_is_500_with_a_request_id_only(settings) -> None:
+    @get("/api/explode")
+    async def explode() -> None:
+        raise RuntimeError("SELECT secret FROM internal_table")
+
+    app = create_app(settings)
+    app.register(explode)
+    collected = Collect()
+    logging.getLogger("app.errors").addHandler(collected)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.get("/api/explode", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    finally:
+        logging.getLogger("app.errors").removeHandler(collected)
+    body = assert_error(response, 500)
+    assert "secret" not in response.text and "internal_table" not in response.text
+    logged = [record for record in collected.records if body["extra"]["request_id"] in record.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the trace stays on the server
+
+
+def test_a_long_garbage_token_is_401(api: TestClient) -> None:
     response = api.get("/api/workspaces", headers={"Authorization": "Bearer " + "x" * 5000})
     assert response.status_code == 401

@@ -53,6 +53,7 @@ def test_python_m_app_starts_everything_and_stops_cleanly(tmp_path: Path) -> Non
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 201
+        assert_survives_a_clickhouse_crash(port, tmp_path)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
@@ -60,6 +61,26 @@ def test_python_m_app_starts_everything_and_stops_cleanly(tmp_path: Path) -> Non
     assert _port_is_free(http_port) and _port_is_free(tcp_port) and _port_is_free(port)
     children = subprocess.run(["pgrep", "-f", f"app.warehouse.embedded {tmp_path}"], capture_output=True)
     assert children.stdout == b""
+
+
+def assert_survives_a_clickhouse_crash(port: int, data_dir: Path) -> None:
+    """The API says so while its ClickHouse server is down, and brings it back."""
+    found = subprocess.run(["pgrep", "-f", f"app.warehouse.embedded {data_dir}"], capture_output=True, text=True)
+    os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+    statuses = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            status, body = get_json(f"http://127.0.0.1:{port}/api/health")
+        except (urllib.error.URLError, ConnectionError):
+            status, body = 0, {}
+        statuses.append(status)
+        if status == 503:
+            assert body["clickhouse"] == "unavailable"
+        if 503 in statuses and status == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no 503 then recovery: {statuses[-10:]}")
 
 
 def test_several_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
