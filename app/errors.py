@@ -1,6 +1,7 @@
 """Every error as JSON {"status_code", "detail", "extra"}; nothing internal (trace, SQL, names) reaches a client."""
 
 import logging
+import re
 import uuid
 
 import aiohttp
@@ -12,6 +13,8 @@ from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERN
 log = logging.getLogger("app.errors")
 
 RETRY_AFTER_SECONDS = "1"
+FIELD_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`$")
+MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 
 class StoreUnavailable(HTTPException):
@@ -61,16 +64,35 @@ def unexpected_exception(request: Request, exc: Exception) -> Response:
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", {"request_id": request_id})
 
 
+def field_in_message(message: str) -> str | None:
+    """The field a msgspec validation message is about (`... - at `$.a.b``, `missing required field `x``)."""
+    located = FIELD_IN_MESSAGE.search(message)
+    field = located.group(1) if located else ""
+    missing = MISSING_FIELD.search(message)
+    if missing:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+    return field or None
+
+
+def without_location(message: str) -> str:
+    return FIELD_IN_MESSAGE.sub("", message)
+
+
 def _plain_extra(extra: object) -> object:
-    """Litestar's validation details, without the internal `source` key."""
-    if isinstance(extra, list):
-        return [
-            {("field" if key == "key" else key): value for key, value in item.items() if key != "source"}
-            if isinstance(item, dict)
-            else item
-            for item in extra
-        ]
-    return extra
+    """Litestar's validation details as {field, message}: the body field named, not just `data`."""
+    if not isinstance(extra, list):
+        return extra
+    plain = []
+    for item in extra:
+        if not isinstance(item, dict):
+            plain.append(item)
+            continue
+        message = str(item.get("message", ""))
+        field = item.get("key")
+        if item.get("source") == "body":
+            field = field_in_message(message) or field
+        plain.append({"field": field, "message": without_location(message)})
+    return plain
 
 
 EXCEPTION_HANDLERS = {

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from redis.asyncio import Redis
 
+from app.apps.routes import AppController
 from app.auth.dependencies import DEPENDENCIES
 from app.auth.middleware import BearerTokenMiddleware
 from app.auth.routes import UserController, WorkspaceController
@@ -22,15 +23,21 @@ from app.events.service import EventStore
 from app.events.validation import MAX_BODY_BYTES
 from app.config import Settings, secret_file
 from app.errors import EXCEPTION_HANDLERS
+from app.statistics.routes import statistics_timeseries
 from app.stream.broker import make_broker
+from app.stream.routes import StreamController
 from app.system.routes import health
+from app.usage.routes import UsageController, UsageRecordController
+from app.usage_metrics.routes import CustomerUsageMetricController, UsageMetricController
 from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
 from app.warehouse.migrations import migrate
 
 log = logging.getLogger("app")
 
-ROUTES = [health, WorkspaceController, UserController, EventController, EventTypeController, CustomerController]
+ROUTES = [health, WorkspaceController, UserController, EventController, EventTypeController, CustomerController, StreamController,
+          UsageController, UsageRecordController, UsageMetricController, CustomerUsageMetricController,
+          AppController, statistics_timeseries]
 
 
 def operator_token(settings: Settings) -> str:

@@ -28,7 +28,9 @@ def test_wrong_method_is_405(api: TestClient) -> None:
 def test_malformed_json_is_400_and_invalid_value_is_422(api: TestClient) -> None:
     assert_error(api.post("/api/workspaces", content=b'{"name":', headers={"Content-Type": "application/json"}), 400)
     body = assert_error(api.post("/api/workspaces", json={"name": 3}), 422)
-    assert body["extra"]
+    assert body["extra"] == [{"field": "name", "message": "Expected `str`, got `int`"}]
+    missing = assert_error(api.post("/api/users", json={}), 422)
+    assert missing["extra"][0]["field"] == "email"
 
 
 class Collect(logging.Handler):

@@ -183,6 +183,15 @@ def test_customers_lifecycle_and_one_identity(api: TestClient, tenant: Tenant, o
     assert types["customer.created"] == "system"
 
 
+def test_events_sent_by_id_before_the_customer_had_an_external_id_stay_its_own(api: TestClient, tenant: Tenant) -> None:
+    customer = api.post("/api/customers", json={"name": "No external id yet"}, headers=tenant.headers).json()
+    ingest(api, tenant, [{"name": "before", "customer_id": customer["id"]}])
+    api.patch(f"/api/customers/{customer['id']}", json={"external_id": "given-later"}, headers=tenant.headers)
+    ingest(api, tenant, [{"name": "after", "external_customer_id": "given-later"}])
+    names = sorted(item["name"] for item in all_events(api, tenant, customer_id=customer["id"]))
+    assert names == ["after", "before", "customer.created", "customer.updated"]
+
+
 def test_customer_list_pages(api: TestClient, tenant: Tenant) -> None:
     made = [api.post("/api/customers", json={"external_id": f"p{i}"}, headers=tenant.headers).json()["id"] for i in range(5)]
     seen, cursor = [], None

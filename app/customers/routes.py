@@ -1,5 +1,3 @@
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID, uuid4
@@ -15,7 +13,10 @@ from app.auth.service import WorkspaceAccess
 from app.customers import queries
 from app.customers.schemas import Customer, CustomerCreate, CustomerPage, CustomerPatch
 from app.errors import invalid
-from app.events.service import EventStore
+from app.events.service import EventStore, to_millisecond
+from app.pagination import decode_cursor, encode_cursor
+from app.usage_metrics.schemas import CustomerUsagePage
+from app.usage_metrics.service import customer_usage_page
 
 
 class CustomerController(Controller):
@@ -29,7 +30,8 @@ class CustomerController(Controller):
         workspace.require("member")
         if data.external_id is not None and await queries.external_id_taken(client, workspace.workspace_id, data.external_id, None):
             raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
-        customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata, datetime.now(UTC))
+        customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata,
+                            to_millisecond(datetime.now(UTC)))
         await _save(client, workspace.workspace_id, customer)
         await events.record_customer_event(workspace.workspace_id, "customer.created", customer)
         return customer
@@ -65,11 +67,14 @@ class CustomerController(Controller):
     async def list_customers(
         self, client: AsyncClient, workspace: WorkspaceAccess,
         take: Annotated[int, Parameter(ge=1, le=100)] = 20, cursor: str | None = None,
-    ) -> CustomerPage:
-        after = _decode_cursor(cursor) if cursor else None
+        usage_metric: UUID | None = None, sort: str | None = None,
+    ) -> CustomerPage | CustomerUsagePage:
+        if usage_metric is not None or sort is not None:
+            return await customer_usage_page(client, workspace.workspace_id, usage_metric, sort, take, cursor, _from_row)
+        after = decode_cursor(cursor, tuple[datetime, UUID]) if cursor else None
         rows = await queries.customer_page(client, workspace.workspace_id, after, take + 1)
         items = [_from_row(row) for row in rows[:take]]
-        next_cursor = _encode_cursor(items[-1]) if len(rows) > take else None
+        next_cursor = encode_cursor((items[-1].created_at, items[-1].id)) if len(rows) > take else None
         return CustomerPage(items, next_cursor)
 
     @get("/{reference:str}")
@@ -92,15 +97,3 @@ async def _save(client: AsyncClient, workspace_id: UUID, customer: Customer, del
 
 def _from_row(row: tuple) -> Customer:
     return Customer(row[0], row[1], row[2], row[3], msgspec.json.decode(row[4] or "{}"), row[5])
-
-
-def _encode_cursor(customer: Customer) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([customer.created_at, customer.id])).decode()
-
-
-def _decode_cursor(text: str) -> tuple[datetime, UUID]:
-    try:
-        created_at, customer_id = msgspec.json.decode(base64.urlsafe_b64decode(text), type=tuple[datetime, UUID])
-    except (binascii.Error, ValueError, msgspec.DecodeError) as error:
-        raise invalid("cursor", "not a cursor this API returned") from error
-    return created_at, customer_id

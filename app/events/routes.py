@@ -11,8 +11,9 @@ from app.auth.service import WorkspaceAccess
 from app.customers.queries import customer_row
 from app.events import queries, service
 from app.events.schemas import EventPage, EventType, EventTypePatch, IngestResult, StoredEvent
-from app.events.service import Cursor, EventStore, customer_key, decode_cursor, encode_cursor, event_type_id
+from app.events.service import Cursor, EventStore, customer_key, event_type_id
 from app.events.validation import read_body, split_events, validate_events
+from app.pagination import decode_cursor, encode_cursor
 
 Take = Annotated[int, Parameter(ge=1, le=100)]
 
@@ -44,7 +45,7 @@ class EventController(Controller):
             name, customers, source, start_timestamp, end_timestamp, parent, depth,
             service.metadata_filters(dict(request.query_params.dict())),
         )
-        position = decode_cursor(cursor) if cursor else None
+        position = decode_cursor(cursor, Cursor) if cursor else None
         as_of = position.as_of if position else datetime.now(UTC)
         after = (position.timestamp, position.id) if position else None
         rows = await queries.event_page(client, workspace.workspace_id, where, order == "desc", after, as_of, take + 1)
@@ -89,8 +90,11 @@ async def _customer_keys(
     """The identity keys a customer filter stands for (a customer's events under its id and external id)."""
     keys = []
     if customer_id is not None:
+        # Its events sent by id before it had an external id are keyed by its id.
         row = await customer_row(client, workspace_id, str(customer_id))
-        keys.append(customer_key(customer_id, row[1] if row else None))
+        keys.append(customer_key(customer_id, None))
+        if row is not None and row[1] is not None:
+            keys.append(customer_key(None, row[1]))
     if external_customer_id is not None:
         keys.append(customer_key(None, external_customer_id))
     return keys if (customer_id is not None or external_customer_id is not None) else None

@@ -1,9 +1,8 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
 import gzip
-import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar.exceptions import ClientException, HTTPException
 
+from app.errors import field_in_message, without_location
 from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, LlmIn
 
 MAX_EVENTS = 10_000
@@ -23,8 +23,6 @@ MAX_KEY_LENGTH = 40
 RESERVED_KEYS = {"_cost": CostIn, "_llm": LlmIn}
 METADATA_DECODER = msgspec.json.Decoder(Any, float_hook=Decimal)
 MAX_COST_FRACTION_DIGITS = 12
-FIELD_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`$")
-MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 
 class PayloadTooLarge(HTTPException):
@@ -43,6 +41,7 @@ class ValidEvent:
     metadata_json: bytes
     cost: CostIn | None
     llm: LlmIn | None
+    leaves: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def read_body(body: bytes, content_encoding: str | None) -> bytes:
@@ -103,7 +102,8 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
         metadata = METADATA_DECODER.decode(metadata_json)
         if metadata is None:
             metadata, metadata_json = {}, b"{}"
-        event_errors = list(_event_errors(index, event, metadata, len(metadata_json), received_at))
+        leaves: list[tuple[str, Any]] = []
+        event_errors = list(_event_errors(index, event, metadata, len(metadata_json), received_at, leaves))
         if event_errors:
             errors.extend(event_errors)
             continue
@@ -111,6 +111,7 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
             index, event, metadata, metadata_json,
             msgspec.convert(metadata["_cost"], CostIn) if "_cost" in metadata else None,
             msgspec.convert(metadata["_llm"], LlmIn) if "_llm" in metadata else None,
+            leaves,
         ))
     if errors:
         raise BatchInvalid(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
@@ -119,15 +120,11 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
 
 
 def _decode_error(index: int, message: str) -> IngestError:
-    match = FIELD_IN_MESSAGE.search(message)
-    field = match.group(1) if match else ""
-    missing = MISSING_FIELD.search(message)
-    if missing:
-        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
-    return IngestError(index, field or "event", FIELD_IN_MESSAGE.sub("", message))
+    return IngestError(index, field_in_message(message) or "event", without_location(message))
 
 
-def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int, received_at: datetime):
+def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int, received_at: datetime,
+                  leaves: list[tuple[str, Any]]):
     if (event.customer_id is None) == (event.external_customer_id is None):
         yield IngestError(index, "customer_id", "exactly one of customer_id and external_customer_id is required")
     if event.timestamp is not None and event.timestamp - received_at > MAX_FUTURE:
@@ -135,24 +132,24 @@ def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int,
     if not isinstance(metadata, dict):
         yield IngestError(index, "metadata", "must be an object")
     else:
-        yield from _metadata_errors(index, metadata, metadata_size)
+        yield from _metadata_errors(index, metadata, metadata_size, leaves)
 
 
-def _metadata_errors(index: int, metadata: dict[str, Any], size: int):
+def _metadata_errors(index: int, metadata: dict[str, Any], size: int, leaves: list[tuple[str, Any]]):
+    """The rule violations of one event's metadata; its leaves (dotted path, value) are collected on the way,
+    so storing them needs no second walk."""
     if size > MAX_METADATA_BYTES:
         yield IngestError(index, "metadata", "over 16 KiB")
         return
     keys = 0
-    for path, key, value, depth in _walk(metadata):
+    for path, key, value, depth, in_reserved in _walk(metadata):
+        if not isinstance(value, dict):
+            leaves.append((path, value))
+        if in_reserved:  # inside _cost or _llm: their structs decide what is valid
+            continue
         keys += 1
         if depth == 1 and key in RESERVED_KEYS:
-            try:
-                reserved = msgspec.convert(value, RESERVED_KEYS[key])
-            except msgspec.ValidationError as error:
-                yield IngestError(index, f"metadata.{key}{_suffix(str(error))}", FIELD_IN_MESSAGE.sub("", str(error)))
-                continue
-            if isinstance(reserved, CostIn) and -reserved.amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS:
-                yield IngestError(index, "metadata._cost.amount", "at most 12 fraction digits")
+            yield from _reserved_errors(index, key, value)
             continue
         if not 1 <= len(key) <= MAX_KEY_LENGTH:
             yield IngestError(index, f"metadata.{path}", f"keys are 1 to {MAX_KEY_LENGTH} characters")
@@ -166,12 +163,22 @@ def _metadata_errors(index: int, metadata: dict[str, Any], size: int):
         yield IngestError(index, "metadata", f"at most {MAX_METADATA_KEYS} keys")
 
 
-def _walk(obj: dict[str, Any], prefix: str = "", depth: int = 1):
+def _reserved_errors(index: int, key: str, value: Any):
+    try:
+        reserved = msgspec.convert(value, RESERVED_KEYS[key])
+    except msgspec.ValidationError as error:
+        yield IngestError(index, f"metadata.{key}{_suffix(str(error))}", without_location(str(error)))
+        return
+    if isinstance(reserved, CostIn) and -reserved.amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS:
+        yield IngestError(index, "metadata._cost.amount", "at most 12 fraction digits")
+
+
+def _walk(obj: dict[str, Any], prefix: str = "", depth: int = 1, in_reserved: bool = False):
     for key, value in obj.items():
         path = f"{prefix}{key}"
-        yield path, key, value, depth
-        if isinstance(value, dict) and not (depth == 1 and key in RESERVED_KEYS) and depth < MAX_METADATA_DEPTH:
-            yield from _walk(value, f"{path}.", depth + 1)
+        yield path, key, value, depth, in_reserved
+        if isinstance(value, dict) and depth < MAX_METADATA_DEPTH:
+            yield from _walk(value, f"{path}.", depth + 1, in_reserved or (depth == 1 and key in RESERVED_KEYS))
 
 
 def _suffix(message: str) -> str:

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Protocol
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -34,6 +34,11 @@ DEFAULT_READY_TIMEOUT = 5.0
 # After a failed PUBLISH, batches are dropped without trying for this long, so
 # an unreachable Redis costs ingestion one connect timeout, not one per batch.
 DEFAULT_PUBLISH_RETRY_AFTER = 1.0
+# Publishes beyond this many at once wait for a connection (at most the socket timeout) instead of failing:
+# requests coalesced into one insert all publish at the same moment, and a plain pool (100 connections) would
+# drop the events of the 101st and later, unseen by their subscribers.
+PUBLISH_CONNECTIONS = 32
+PUBLISH_TIMEOUT = 5.0
 
 ITEM_EVENT = "event"
 ITEM_OVERFLOW = "overflow"
@@ -326,11 +331,15 @@ class RedisBroker:
             return
         # Publishing retries once at once: the first command after a Redis
         # restart meets a dead pooled connection and just needs a new one.
-        self._client = Redis.from_url(
-            self._url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry=Retry(NoBackoff(), 1),
+        self._client = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=PUBLISH_CONNECTIONS,
+                timeout=PUBLISH_TIMEOUT,
+                socket_connect_timeout=2,
+                socket_timeout=PUBLISH_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),
+            )
         )
         # Pub/sub must not retry: redis-py would silently reconnect and
         # resubscribe, hiding the gap in which events were lost. We prefer to
