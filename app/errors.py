@@ -88,7 +88,7 @@ def _plain_extra(extra: object) -> object:
             plain.append(item)
             continue
         message = str(item.get("message", ""))
-        field = item.get("key")
+        field = item.get("field", item.get("key"))
         if item.get("source") == "body":
             field = field_in_message(message) or field
         plain.append({"field": field, "message": without_location(message)})

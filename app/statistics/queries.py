@@ -183,7 +183,9 @@ async def field_values(
     }
 
 
-async def customer_external_ids(client: AsyncClient, workspace_id: UUID, customer_ids: Sequence[UUID]) -> dict[UUID, str | None]:
+async def customer_external_ids(
+    client: AsyncClient, workspace_id: UUID, customer_ids: Sequence[UUID]
+) -> dict[UUID, str | None]:
     """The external id of each of these customers of the workspace (None when it has none)."""
     result = await client.query(
         "SELECT id, argMax(external_id, version) FROM customers "

@@ -118,7 +118,8 @@ def time_range(start_date: str | None, end_date: str | None, interval: str, time
         raise invalid("end_date", "is before start_date")
     days = (end - start).days + 1
     if days > RANGE_LIMITS[interval]:
-        raise invalid("end_date", f"the range is {days} days; interval {interval} allows at most {RANGE_LIMITS[interval]}")
+        limit = RANGE_LIMITS[interval]
+        raise invalid("end_date", f"the range is {days} days; interval {interval} allows at most {limit}")
     return TimeRange(start, end, interval, timezone, zone)
 
 
@@ -214,7 +215,8 @@ def periods(span: TimeRange) -> list[Period]:
     local day has 25 of them."""
     zone = span.zone
     if span.interval == "hour":
-        return hour_periods(local_midnight(span.start_date, zone), local_midnight(span.end_date + timedelta(days=1), zone), zone)
+        end = local_midnight(span.end_date + timedelta(days=1), zone)
+        return hour_periods(local_midnight(span.start_date, zone), end, zone)
     buckets = []
     day = period_start_date(span.start_date, span.interval)
     while day <= span.end_date:
@@ -349,7 +351,8 @@ async def timeseries(
     periods_plan = plan([(bucket.start, bucket.end) for bucket in buckets], grains, raw)
     totals_plan = plan([(lo, hi)], grains, raw)
     selection = Selection(
-        workspace_id, span.timezone, int(lo.timestamp()), int(hi.timestamp()), fields, names, customer_keys, customer_ids
+        workspace_id, span.timezone, int(lo.timestamp()), int(hi.timestamp()), fields, names,
+        customer_keys, customer_ids,
     )
     if periods_plan == totals_plan:
         # The same rows answer both: one pass, the totals as a second grouping set (key 0).
@@ -364,7 +367,8 @@ async def timeseries(
     stat_names = sorted(names) if names is not None else sorted({name for name, _ in total_counts})
     result = Timeseries(
         periods=[
-            PeriodStats(bucket.start, bucket.end, [_stats(name, bucket.key, fields, counts, values) for name in stat_names])
+            PeriodStats(bucket.start, bucket.end,
+                        [_stats(name, bucket.key, fields, counts, values) for name in stat_names])
             for bucket in buckets
         ],
         totals=[_stats(name, 0, fields, total_counts, total_values) for name in stat_names],
@@ -378,5 +382,6 @@ def _check_keys(counts: EventCounts, buckets: list[Period], span: TimeRange) -> 
     known = {bucket.key for bucket in buckets} | {0}
     stray = {key for _, key in counts} - known
     if stray:
-        log.error("time zone %s: ClickHouse periods %s are not among the local periods", span.timezone, sorted(stray)[:5])
+        log.error("time zone %s: ClickHouse periods %s are not among the local periods",
+                  span.timezone, sorted(stray)[:5])
         raise RuntimeError(f"period keys of {span.timezone} disagree between ClickHouse and zoneinfo")
