@@ -26,8 +26,13 @@ redis-server:
 test: install redis-server
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Benchmarks print figures and ratios measured in one run; they assert nothing.
 bench: install
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PY) bench/ingest.py
+	$(PY) bench/queries.py
+	$(PY) bench/usage.py --events 1000000
+	$(PY) bench/stream.py
 
 clean:
 	rm -rf $(VENV) var

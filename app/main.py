@@ -23,6 +23,7 @@ from app.events.service import EventStore
 from app.events.validation import MAX_BODY_BYTES
 from app.config import Settings, secret_file
 from app.errors import EXCEPTION_HANDLERS
+from app.metrics.routes import MetricsController
 from app.statistics.routes import statistics_timeseries
 from app.stream.broker import make_broker
 from app.stream.routes import StreamController
@@ -37,7 +38,7 @@ log = logging.getLogger("app")
 
 ROUTES = [health, WorkspaceController, UserController, EventController, EventTypeController, CustomerController, StreamController,
           UsageController, UsageRecordController, UsageMetricController, CustomerUsageMetricController,
-          AppController, statistics_timeseries]
+          AppController, statistics_timeseries, MetricsController]
 
 
 def operator_token(settings: Settings) -> str:

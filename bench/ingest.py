@@ -86,7 +86,7 @@ class Api:
         self.log = open(data_dir.parent / "api.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a first start backfills the rollups
         while time.monotonic() < deadline:
             try:
                 if urllib.request.urlopen(f"{self.url}/api/health", timeout=1).status == 200:

@@ -17,14 +17,11 @@ then adds 9M more over the same 90 days and measures at 10M), for the big worksp
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -33,11 +30,11 @@ import clickhouse_connect
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
+from ingest import OPERATOR, Api, free_port, percentile  # noqa: E402
 
-OPERATOR = "bench-operator-token"
 WORKSPACES = 50
 DAYS = 90
 INSERT_ROWS = 500_000
@@ -123,41 +120,6 @@ WHERE workspace = '{ws}' AND ts >= '{lo}' AND ts < '{hi}'
 GROUP BY GROUPING SETS ((name, period), (name))
 """
 POSTGRES_PERIOD = {"day": "date_trunc('day', ts AT TIME ZONE '{tz}')", "hour": "date_trunc('hour', ts AT TIME ZONE '{tz}')"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class Api:
-    def __init__(self, data_dir: Path, clickhouse_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PORT": str(self.port), "DATA_DIR": str(data_dir), "ADMIN_TOKEN": OPERATOR,
-               "CLICKHOUSE_URL": clickhouse_url}
-        env.pop("REDIS_URL", None)
-        self.log = open(data_dir.parent / "api.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{self.url}/api/health", timeout=1).status == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("the API did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
 
 
 class Series:

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import TestClient
 
 from app.warehouse.client import connect
-from tests.conftest import Tenant, bearer, create_tenant, create_user_token
+from tests.conftest import Tenant, bearer
 
 
 def as_(api: TestClient, token: str | None) -> dict[str, str]:

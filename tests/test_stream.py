@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.main import create_app
 from app.stream import routes
-from app.stream.broker import RedisBroker, channel_name
+from app.stream.broker import DEFAULT_PUBLISH_RETRY_AFTER, RedisBroker, channel_name
 from tests.conftest import OPERATOR_TOKEN, Tenant, bearer, free_port
 from tests.redis_server import RedisProcess, start_redis
 
@@ -780,7 +780,8 @@ async def _outage(redis: RedisProcess, subscriber_side: ApiServer, ingest_side: 
                 assert (await SseReader(response).event()).event == "unavailable"  # type: ignore[union-attr]
 
             await asyncio.to_thread(redis.start)
-            await asyncio.sleep(0.5)
+            # Publishing backs off this long after a failure; events published within it are dropped, unseen.
+            await asyncio.sleep(DEFAULT_PUBLISH_RETRY_AFTER + 0.5)
             stop.set()
             await producer
         assert statuses and set(statuses) == {200}, statuses

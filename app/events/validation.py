@@ -1,6 +1,5 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
-import gzip
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta

@@ -1,0 +1,134 @@
+"""The SQL of the metrics dashboard, over the raw events table. Every value is a bound parameter; the only text
+that varies is column aliases the engine numbers and comparison operators from catalog.Where's closed set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from clickhouse_connect.driver.asyncclient import AsyncClient
+
+from app.metrics.catalog import Aggregate, ActiveSessions, Cost, Count, Converted, DistinctCustomers, Sum, Where
+
+SHARE_KEY = "share_id"
+# Larger than any event's Unix milliseconds: "never ended".
+NEVER_MS = 2**62
+OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
+
+
+def unix_ms(instant: datetime) -> int:
+    return round(instant.timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class Params:
+    """Bound parameters of one statement, named as the SQL text refers to them."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, prefix: str, value: Any, type_: str) -> str:
+        name = f"{prefix}{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{type_}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which events every query of one request reads: one workspace and the optional filters (None = none)."""
+
+    workspace_id: UUID
+    share_ids: Sequence[str] | None
+    customer_keys: Sequence[str] | None
+    customer_ids: Sequence[UUID] | None
+
+    def where(self, params: Params) -> str:
+        clauses = [f"workspace_id = {params.bind('ws', self.workspace_id, 'UUID')}"]
+        if self.share_ids is not None:
+            clauses.append(f"str['{SHARE_KEY}'] IN {params.bind('shares', list(self.share_ids), 'Array(String)')}")
+        if self.customer_keys is not None or self.customer_ids is not None:
+            keys = params.bind("ck", list(self.customer_keys or []), "Array(String)")
+            ids = params.bind("ci", list(self.customer_ids or []), "Array(UUID)")
+            # A customer's events are its own whether they named it by id or by external id.
+            clauses.append(f"(customer_key IN {keys} OR customer_id IN {ids})")
+        return " AND ".join(clauses)
+
+
+def _condition(where: Where | None, params: Params) -> str:
+    if where is None:
+        return ""
+    if where.op not in OPERATORS:
+        raise ValueError(f"operator {where.op!r}")
+    path = params.bind("path", where.path, "String")
+    return f" AND mapContains(num, {path}) AND num[{path}] {where.op} {params.bind('v', where.value, 'Float64')}"
+
+
+def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
+    """One aggregate over the events of a period, as a ClickHouse expression."""
+    match aggregate:
+        case Count(event, where):
+            return f"countIf(name = {params.bind('n', event, 'String')}{_condition(where, params)})"
+        case Sum(event, path, where):
+            leaf = params.bind("path", path, "String")
+            name = params.bind("n", event, "String")
+            return f"sumIf(num[{leaf}], name = {name}{_condition(where, params)})"
+        case DistinctCustomers():
+            return "uniqExact(customer_key)"
+        case Cost():
+            return "sum(cost_amount)"
+        case Converted(event, payment, where):
+            # Payments at any time up to now, under the same filters as everything else.
+            paid = (
+                f"SELECT str['{SHARE_KEY}'] FROM events WHERE {scope.where(params)} "
+                f"AND name = {params.bind('n', payment, 'String')} AND mapContains(str, '{SHARE_KEY}') "
+                "AND timestamp <= now64(3)"
+            )
+            name = params.bind("n", event, "String")
+            return f"countIf(name = {name}{_condition(where, params)} AND str['{SHARE_KEY}'] IN ({paid}))"
+    raise TypeError(f"not an aggregate: {aggregate!r}")
+
+
+async def period_aggregates(
+    client: AsyncClient, scope: Scope, starts: Sequence[datetime], end: datetime, aggregates: Sequence[Aggregate]
+) -> dict[int, tuple[Any, ...]]:
+    """Every aggregate per period, keyed by the period's index + 1, and over the whole range under key 0.
+    Periods come from Python (zone and DST rules live there): each event goes to the last start at or before it."""
+    params = Params()
+    columns = ", ".join(aggregate_sql(aggregate, scope, params) for aggregate in aggregates)
+    bounds = params.bind("bounds", [unix_ms(start) for start in starts], "Array(Int64)")
+    lo = params.bind("lo", unix_ms(starts[0]), "Int64")
+    hi = params.bind("hi", unix_ms(end), "Int64")
+    sql = (
+        f"SELECT arrayLastIndex(b -> b <= toUnixTimestamp64Milli(timestamp), {bounds}) AS period, {columns} "
+        f"FROM events WHERE {scope.where(params)} "
+        f"AND timestamp >= fromUnixTimestamp64Milli({lo}, 'UTC') AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
+        "GROUP BY GROUPING SETS ((period), ())"
+    )
+    result = await client.query(sql, parameters=params.values)
+    return {row[0]: tuple(row[1:]) for row in result.result_rows}
+
+
+async def active_sessions(
+    client: AsyncClient, scope: Scope, definition: ActiveSessions, ends: Sequence[datetime]
+) -> list[int]:
+    """Per period end: shares created before it and neither ended before it, from the first event ever."""
+    params = Params()
+    created = params.bind("n", definition.created, "String")
+    ended = params.bind("n", list(definition.ended), "Array(String)")
+    boundaries = params.bind("ends", [unix_ms(end) for end in ends], "Array(Int64)")
+    hi = params.bind("hi", unix_ms(ends[-1]), "Int64")
+    ms = "toUnixTimestamp64Milli(timestamp)"
+    sql = (
+        f"SELECT sumForEach(arrayMap(b -> toUInt64(created < b AND ended >= b), {boundaries})) FROM ("
+        f"SELECT str['{SHARE_KEY}'] AS share, minIf({ms}, name = {created}) AS created, "
+        f"ifNull(minIfOrNull({ms}, name IN {ended}), {NEVER_MS}) AS ended "
+        f"FROM events WHERE {scope.where(params)} AND (name = {created} OR name IN {ended}) "
+        f"AND mapContains(str, '{SHARE_KEY}') AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
+        f"GROUP BY share HAVING countIf(name = {created}) > 0)"
+    )
+    result = await client.query(sql, parameters=params.values)
+    counts = list(result.result_rows[0][0]) if result.result_rows else []
+    # No share at all: ClickHouse answers an empty array.
+    return [int(count) for count in counts] if counts else [0] * len(ends)

@@ -1,0 +1,174 @@
+"""The engine of the metrics dashboard: turns the catalog's declarations into the few queries a request needs
+(one for every per-period aggregate, one per stateful metric) and evaluates derived metrics from their results."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from clickhouse_connect.driver.asyncclient import AsyncClient
+
+from app.errors import invalid
+from app.metrics import queries
+from app.metrics.catalog import (
+    BY_SLUG, CATALOG, ActiveSessions, Aggregate, Cost, Count, Converted, Definition, Difference, DistinctCustomers,
+    Metric, Ratio, Running, Sum,
+)
+from app.metrics.queries import Scope
+from app.metrics.schemas import MetricDescription, MetricsAnswer
+from app.statistics.service import Period, TimeRange, json_decimal, periods
+
+Value = int | float | Decimal
+AGGREGATES = (Count, Sum, DistinctCustomers, Cost, Converted)
+MAX_SHARES = 1000
+
+
+def metric_list(slugs: list[str] | None) -> list[Metric]:
+    """The requested metrics in catalog order (all by default); 422 for a slug the catalog does not know."""
+    if not slugs:
+        return list(CATALOG)
+    unknown = sorted(set(slugs) - BY_SLUG.keys())
+    if unknown:
+        raise invalid("metrics", f"unknown metric {unknown[0]!r}; known: {', '.join(BY_SLUG)}")
+    wanted = set(slugs)
+    return [metric for metric in CATALOG if metric.slug in wanted]
+
+
+def share_list(share_ids: list[str] | None) -> list[str] | None:
+    if share_ids is not None and len(share_ids) > MAX_SHARES:
+        raise invalid("share_id", f"at most {MAX_SHARES} shares")
+    return share_ids
+
+
+def _resolve(operand: Definition | str) -> Definition:
+    return BY_SLUG[operand].definition if isinstance(operand, str) else operand
+
+
+def _operands(definition: Definition) -> tuple[Definition, ...]:
+    match definition:
+        case Ratio(numerator, denominator, _):
+            return _resolve(numerator), _resolve(denominator)
+        case Difference(minuend, subtrahend):
+            return _resolve(minuend), _resolve(subtrahend)
+        case Running(of):
+            return (_resolve(of),)
+    return ()
+
+
+def _needed(definitions: Sequence[Definition]) -> list[Definition]:
+    """Every definition the requested ones depend on, themselves included, each once."""
+    seen: dict[Definition, None] = {}
+    stack = list(definitions)
+    while stack:
+        definition = stack.pop()
+        if definition not in seen:
+            seen[definition] = None
+            stack.extend(_operands(definition))
+    return list(seen)
+
+
+def _zero(aggregate: Aggregate) -> Value:
+    if isinstance(aggregate, Cost):
+        return Decimal(0)
+    return 0.0 if isinstance(aggregate, Sum) else 0
+
+
+def _add(a: Value, b: Value) -> Value:
+    if isinstance(a, float) or isinstance(b, float):
+        return float(a) + float(b)
+    return a + b
+
+
+def _subtract(a: Value, b: Value) -> Value:
+    if isinstance(a, float) or isinstance(b, float):
+        return float(a) - float(b)
+    return a - b
+
+
+@dataclass(slots=True)
+class Results:
+    """What the queries answered: per aggregate its value per period index (None = the whole range), and per
+    stateful metric its value per period."""
+
+    count: int
+    aggregates: dict[Aggregate, dict[int | None, Value]]
+    states: dict[ActiveSessions, list[int]]
+    running: dict[Running, list[Value]] = dataclasses.field(default_factory=dict)
+
+    def value(self, definition: Definition, index: int | None) -> Value:
+        """`index` is a period's position, or None for the range total."""
+        match definition:
+            case Ratio(numerator, denominator, scale):
+                num, den = self.value(_resolve(numerator), index), self.value(_resolve(denominator), index)
+                return float(num) / float(den) * scale if den else 0.0
+            case Difference(minuend, subtrahend):
+                return _subtract(self.value(_resolve(minuend), index), self.value(_resolve(subtrahend), index))
+            case Running():
+                return self._running(definition)[self.count - 1 if index is None else index]
+            case ActiveSessions():
+                return self.states[definition][self.count - 1 if index is None else index]
+        return self.aggregates[definition].get(index, _zero(definition))
+
+
+    def _running(self, definition: Running) -> list[Value]:
+        # Computed once per request: an hourly month has 744 periods, and re-summing per period is quadratic.
+        if definition not in self.running:
+            totals: list[Value] = []
+            for index in range(self.count):
+                value = self.value(_resolve(definition.of), index)
+                totals.append(_add(totals[-1], value) if totals else value)
+            self.running[definition] = totals
+        return self.running[definition]
+
+
+async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], needed: list[Definition]) -> Results:
+    aggregates = [definition for definition in needed if isinstance(definition, AGGREGATES)]
+    states = [definition for definition in needed if isinstance(definition, ActiveSessions)]
+    starts, ends = [bucket.start for bucket in buckets], [bucket.end for bucket in buckets]
+    jobs = [queries.active_sessions(client, scope, state, ends) for state in states]
+    if aggregates:
+        jobs.append(queries.period_aggregates(client, scope, starts, ends[-1], aggregates))
+    answers = await asyncio.gather(*jobs)
+    rows = answers[len(states)] if aggregates else {}
+    by_aggregate: dict[Aggregate, dict[int | None, Value]] = {aggregate: {} for aggregate in aggregates}
+    for key, row in rows.items():
+        # Key 0 is the whole range's grouping set; period keys are 1-based.
+        index = None if key == 0 else key - 1
+        for aggregate, value in zip(aggregates, row):
+            by_aggregate[aggregate][index] = value
+    return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])))
+
+
+def _json(value: Value) -> Value:
+    # Costs stay exact decimals, written without exponent or trailing zeros.
+    return json_decimal(value) if isinstance(value, Decimal) else value
+
+
+async def dashboard(
+    client: AsyncClient,
+    workspace_id: UUID,
+    span: TimeRange,
+    metrics: Sequence[Metric],
+    share_ids: Sequence[str] | None = None,
+    customer_keys: Sequence[str] | None = None,
+    customer_ids: Sequence[UUID] | None = None,
+) -> MetricsAnswer:
+    """The requested metrics per local period of `span` and over the whole range."""
+    buckets = periods(span)
+    scope = Scope(workspace_id, share_ids, customer_keys, customer_ids)
+    results = await _query(client, scope, buckets, _needed([metric.definition for metric in metrics]))
+    rows: list[dict[str, Any]] = []
+    for index, bucket in enumerate(buckets):
+        row: dict[str, Any] = {"timestamp": bucket.start}
+        row.update((metric.slug, _json(results.value(metric.definition, index))) for metric in metrics)
+        rows.append(row)
+    return MetricsAnswer(
+        periods=rows,
+        totals={metric.slug: _json(results.value(metric.definition, None)) for metric in metrics},
+        metrics={metric.slug: MetricDescription(metric.slug, metric.display_name, metric.type) for metric in metrics},
+    )
