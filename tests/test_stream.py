@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.main import create_app
 from app.stream import routes
-from app.stream.broker import DEFAULT_PUBLISH_RETRY_AFTER, RedisBroker, channel_name
+from app.stream.broker import DEFAULT_PUBLISH_RETRY_AFTER, RedisBroker, StreamItem, channel_name
 from tests.conftest import OPERATOR_TOKEN, Tenant, bearer, free_port
 from tests.redis_server import RedisProcess, start_redis
 
@@ -664,6 +664,17 @@ def test_simultaneous_publishes_beyond_the_redis_pool_are_all_delivered(redis_pr
             await broker.stop()
 
     run(scenario())
+
+
+def test_frames_are_encoded_once_per_process_and_exactly() -> None:
+    cache = routes.FrameCache(2)
+    first, second, third = (StreamItem("event", f"e{i}", "n\nx", b'{"a":\n1}') for i in range(3))
+    frame = cache.frame(first)
+    assert frame == b'id: e0\r\nevent: nx\r\ndata: {"a":\r\ndata: 1}\r\n\r\n' == routes.event_frame(first)
+    assert cache.frame(first) is frame  # the second subscriber gets the same bytes, not a new encoding
+    cache.frame(second)
+    cache.frame(third)  # evicts the oldest
+    assert cache.frame(first) is not frame and cache.frame(first) == frame
 
 
 # (e) overflow -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ reconnect. Streams of users re-read their memberships periodically and follow th
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
@@ -32,6 +33,9 @@ MEMBERSHIP_RECHECK_SECONDS = 5.0
 # Frames are written in chunks of whatever is ready, up to this many: one write per event would cost more than
 # the rest of the delivery together once a workspace has many subscribers.
 MAX_FRAMES_PER_CHUNK = 1000
+# Encoded frames kept per process (about 0.5 KiB each), enough for the backlog of streams a little behind.
+FRAME_CACHE_SIZE = 10_000
+FRAME_CACHE_STATE_KEY = "stream_frame_cache"
 
 SEP = DEFAULT_SEPARATOR.encode()
 READY = b": ready" + SEP + SEP
@@ -77,6 +81,36 @@ def final_frame(kind: str) -> bytes:
     return b"event: " + kind.encode() + SEP + b"data: " + data + SEP + SEP
 
 
+class FrameCache:
+    """Recent events' frames, shared by the streams of a process.
+
+    The broker hands every subscriber of a message the same StreamItem objects, so keyed by object identity an
+    event is encoded once however many streams send it; the entry holds the item, so its id is not reused.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._frames: OrderedDict[int, tuple[StreamItem, bytes]] = OrderedDict()
+
+    def frame(self, item: StreamItem) -> bytes:
+        entry = self._frames.get(id(item))
+        if entry is not None and entry[0] is item:
+            return entry[1]
+        frame = event_frame(item)
+        if len(self._frames) >= self._size:
+            self._frames.popitem(last=False)
+        self._frames[id(item)] = (item, frame)
+        return frame
+
+
+def frame_cache(state: State) -> FrameCache:
+    """The process's cache, made on first use (it lives as long as the application)."""
+    cache = state.get(FRAME_CACHE_STATE_KEY)
+    if cache is None:
+        cache = state[FRAME_CACHE_STATE_KEY] = FrameCache(FRAME_CACHE_SIZE)
+    return cache
+
+
 def _has_buffered(sub: Subscription) -> bool:
     # The broker's Subscription yields one item per await; peeking at its backlog lets a stream write everything
     # already there in one chunk instead of waking up and writing once per event.
@@ -100,23 +134,24 @@ async def _take(sub: Subscription, timeout: float) -> list[StreamItem] | None:
     return items
 
 
-def _encode(items: list[StreamItem]) -> tuple[list[bytes], bool]:
+def _encode(items: list[StreamItem], cache: FrameCache) -> tuple[list[bytes], bool]:
     """The frames of these items, and whether the last of them ends the stream."""
     frames = []
     for item in items:
         if item.kind != ITEM_EVENT:
             frames.append(final_frame(item.kind))
             return frames, True
-        frames.append(event_frame(item))
+        frames.append(cache.frame(item))
     return frames, False
 
 
 class _Live:
     """One client's stream: its current subscription, and the workspaces it covers."""
 
-    def __init__(self, broker: Broker, workspace_ids: set[str], names: frozenset[str] | None,
+    def __init__(self, broker: Broker, cache: FrameCache, workspace_ids: set[str], names: frozenset[str] | None,
                  coverage: Coverage | None) -> None:
         self.broker = broker
+        self.cache = cache
         self.names = names
         self.coverage = coverage
         self.workspace_ids = workspace_ids
@@ -166,7 +201,7 @@ async def _frames(live: _Live) -> AsyncGenerator[ServerSentEventMessage, None]:
         held: list[StreamItem] = []
         while True:
             taken = await _take(live.sub, 0 if held else min(keepalive_at, recheck_at) - loop.time())
-            frames, final = _encode(held + (taken or []))
+            frames, final = _encode(held + (taken or []), live.cache)
             held = []
             if loop.time() >= keepalive_at and not final:
                 frames.append(KEEPALIVE)
@@ -222,7 +257,7 @@ class StreamController(Controller):
         workspace = {str(workspace_id)}
         # A producer token's workspace cannot change; a user's membership can be removed mid-stream.
         coverage = None if principal.kind == "workspace" else _readable_among(client, principal, workspace)
-        return _stream(_Live(state.broker, workspace, _names(name), coverage))
+        return _stream(_Live(state.broker, frame_cache(state), workspace, _names(name), coverage))
 
     @get("/user", media_type="text/event-stream")
     async def user_stream(
@@ -230,4 +265,4 @@ class StreamController(Controller):
     ) -> ServerSentEvent:
         workspaces = {str(workspace_id) for workspace_id in await readable_workspaces(client, principal)}
         coverage = None if principal.kind == "workspace" else _readable_among(client, principal, None)
-        return _stream(_Live(state.broker, workspaces, _names(name), coverage))
+        return _stream(_Live(state.broker, frame_cache(state), workspaces, _names(name), coverage))
