@@ -55,6 +55,8 @@ def run_api(settings: Settings) -> int:
         uvicorn.run(
             "app.main:create_app", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers, log_level="info", access_log=False,
+            # Live streams never end by themselves; without this a stop would wait on them forever.
+            timeout_graceful_shutdown=5,
         )
     finally:
         if server is not None:

@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.apps.routes import AppController
 from app.auth.dependencies import DEPENDENCIES
@@ -81,7 +81,10 @@ async def ingest_lifespan(app: Litestar) -> AsyncIterator[None]:
     if broker.kind == "absent":
         log.info("no REDIS_URL: live streams use an in-process broker (one API process only)")
     await broker.start()
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    # A blocking pool: past its size a claim waits for a connection instead of failing over to in-process
+    # claims, which would leave concurrent duplicates across processes unguarded.
+    redis = (Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10))
+             if settings.redis_url else None)
     events = EventStore(app.state.clickhouse, RedisClaims(redis) if redis else LocalClaims(), broker)
     await events.start()
     app.state.broker = broker

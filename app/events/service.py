@@ -128,10 +128,11 @@ class EventStore:
                 # Nothing is acknowledged; the claims are released on the way out so retries are stored.
                 log.warning("insert of %d events failed: %s", len(rows), error)
                 return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in outcomes]
-        for outcome in prepared:
-            if outcome.stored:
-                await self.broker.publish(str(outcome.job.workspace_id), [
-                    (str(event.id), event.name, msgspec.json.encode(event)) for event in outcome.stored])
+        await asyncio.gather(*(
+            self.broker.publish(str(outcome.job.workspace_id), [
+                (str(event.id), event.name, msgspec.json.encode(event)) for event in outcome.stored])
+            for outcome in prepared if outcome.stored
+        ))
         return [outcome if isinstance(outcome, Exception) else
                 IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
 
