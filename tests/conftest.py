@@ -82,6 +82,21 @@ def api(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+def all_pages(api: TestClient, path: str, headers: dict[str, str], params: dict | None = None, take: int = 100,
+              between=None) -> list[dict]:
+    """Every item of a cursor-paged listing, following `cursor` to the end; `between` runs after each page."""
+    items, cursor = [], None
+    while True:
+        query = {**(params or {}), "take": take, **({"cursor": cursor} if cursor else {})}
+        response = api.get(path, params=query, headers=headers)
+        assert response.status_code == 200, response.text
+        items.extend(response.json()["items"])
+        if not (cursor := response.json()["cursor"]):
+            return items
+        if between is not None:
+            between()
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

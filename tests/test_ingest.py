@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import TestClient
 
-from tests.conftest import Tenant, bearer
+from tests.conftest import Tenant, all_pages, bearer
 
 
 def ingest(api: TestClient, tenant: Tenant, events: list[dict], **kwargs):
@@ -20,14 +20,7 @@ def event(**fields) -> dict:
 
 
 def all_events(api: TestClient, tenant: Tenant, **params) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        page = api.get("/api/events", params={**params, "take": 100, **({"cursor": cursor} if cursor else {})},
-                       headers=tenant.headers).json()
-        items += page["items"]
-        cursor = page["cursor"]
-        if cursor is None:
-            return items
+    return all_pages(api, "/api/events", tenant.headers, params)
 
 
 def errors_of(response) -> list[tuple[int, str]]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from tests.conftest import Tenant, bearer, create_tenant
+from tests.conftest import Tenant, all_pages, bearer, create_tenant
 
 RELATIONS = ("conversationId", "messageId", "taskId", "contactId", "blueprintId", "botId", "datasetId", "skillsetId",
              "abilityId")
@@ -47,24 +47,11 @@ def ingest(api: TestClient, tenant: Tenant, events: list[dict]) -> None:
 
 def event_ids(api: TestClient, tenant: Tenant) -> dict[str, str]:
     """external_id -> id of every event of the tenant, read through the events listing."""
-    ids, cursor = {}, None
-    while True:
-        page = api.get("/api/events", params={"take": 100, **({"cursor": cursor} if cursor else {})},
-                       headers=tenant.headers).json()
-        ids.update({item["external_id"]: item["id"] for item in page["items"]})
-        if not (cursor := page["cursor"]):
-            return ids
+    return {item["external_id"]: item["id"] for item in all_pages(api, "/api/events", tenant.headers)}
 
 
 def all_records(api: TestClient, tenant: Tenant, params: dict, take: int = 100) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        response = api.get("/api/usage/records", params={**params, "take": take, **({"cursor": cursor} if cursor else {})},
-                           headers=tenant.headers)
-        assert response.status_code == 200, response.text
-        items.extend(response.json()["items"])
-        if not (cursor := response.json()["cursor"]):
-            return items
+    return all_pages(api, "/api/usage/records", tenant.headers, params, take)
 
 
 # Brute force ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.bruteforce import numeric_at
-from tests.conftest import Tenant, bearer, create_tenant
+from tests.conftest import Tenant, all_pages, bearer, create_tenant
 from tests.test_usage import clickhouse_uuid_order, event, ingest, midnight, parse
 
 DAY = timedelta(days=1)
@@ -294,16 +294,7 @@ def test_unknown_customer_is_404(api: TestClient, world: World) -> None:
 # The customer list column --------------------------------------------------------------------------------
 
 def list_pages(api: TestClient, tenant: Tenant, params: dict, take: int, between=None) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        response = api.get("/api/customers", params={**params, "take": take, **({"cursor": cursor} if cursor else {})},
-                           headers=tenant.headers)
-        assert response.status_code == 200, response.text
-        items.extend(response.json()["items"])
-        if not (cursor := response.json()["cursor"]):
-            return items
-        if between is not None:
-            between()
+    return all_pages(api, "/api/customers", tenant.headers, params, take, between)
 
 
 def expected_column(world: World, metric: dict, sort: str | None, now: datetime) -> list[tuple[str, Any]]:
