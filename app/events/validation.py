@@ -102,7 +102,7 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
         if metadata is None:
             metadata, metadata_json = {}, b"{}"
         leaves: list[tuple[str, Any]] = []
-        event_errors = list(_event_errors(index, event, metadata, len(metadata_json), received_at, leaves))
+        event_errors = _event_errors(index, event, metadata, len(metadata_json), received_at, leaves)
         if event_errors:
             errors.extend(event_errors)
             continue
@@ -123,43 +123,49 @@ def _decode_error(index: int, message: str) -> IngestError:
 
 
 def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int, received_at: datetime,
-                  leaves: list[tuple[str, Any]]):
+                  leaves: list[tuple[str, Any]]) -> list[IngestError]:
+    errors = []
     if (event.customer_id is None) == (event.external_customer_id is None):
-        yield IngestError(index, "customer_id", "exactly one of customer_id and external_customer_id is required")
+        errors.append(IngestError(index, "customer_id", "exactly one of customer_id and external_customer_id is required"))
     if event.timestamp is not None and event.timestamp - received_at > MAX_FUTURE:
-        yield IngestError(index, "timestamp", "more than 5 minutes in the future")
+        errors.append(IngestError(index, "timestamp", "more than 5 minutes in the future"))
     if not isinstance(metadata, dict):
-        yield IngestError(index, "metadata", "must be an object")
-    else:
-        yield from _metadata_errors(index, metadata, metadata_size, leaves)
+        errors.append(IngestError(index, "metadata", "must be an object"))
+    elif metadata_size > MAX_METADATA_BYTES:
+        errors.append(IngestError(index, "metadata", "over 16 KiB"))
+    elif _check_object(index, metadata, "", 1, errors, leaves) > MAX_METADATA_KEYS:
+        errors.append(IngestError(index, "metadata", f"at most {MAX_METADATA_KEYS} keys"))
+    return errors
 
 
-def _metadata_errors(index: int, metadata: dict[str, Any], size: int, leaves: list[tuple[str, Any]]):
-    """The rule violations of one event's metadata; its leaves (dotted path, value) are collected on the way,
-    so storing them needs no second walk."""
-    if size > MAX_METADATA_BYTES:
-        yield IngestError(index, "metadata", "over 16 KiB")
-        return
+def _check_object(index: int, obj: dict[str, Any], prefix: str, depth: int, errors: list[IngestError],
+                  leaves: list[tuple[str, Any]]) -> int:
+    """Check the keys and values of one metadata object and those nested in it; collect its leaves (dotted
+    path, value) on the way, so storing them needs no second walk; answer how many keys it holds.
+    Plain recursion rather than generators: this runs for every key of every event."""
     keys = 0
-    for path, key, value, depth, in_reserved in _walk(metadata):
-        if not isinstance(value, dict):
-            leaves.append((path, value))
-        if in_reserved:  # inside _cost or _llm: their structs decide what is valid
-            continue
+    for key, value in obj.items():
         keys += 1
+        path = prefix + key
         if depth == 1 and key in RESERVED_KEYS:
-            yield from _reserved_errors(index, key, value)
+            errors.extend(_reserved_errors(index, key, value))
+            if isinstance(value, dict):
+                leaves.extend((f"{path}.{inner}", leaf) for inner, leaf in value.items() if not isinstance(leaf, dict))
             continue
         if not 1 <= len(key) <= MAX_KEY_LENGTH:
-            yield IngestError(index, f"metadata.{path}", f"keys are 1 to {MAX_KEY_LENGTH} characters")
-        elif key.startswith("_"):
-            yield IngestError(index, f"metadata.{path}", "keys starting with _ are reserved (_cost and _llm aside)")
-        if isinstance(value, dict) and depth >= MAX_METADATA_DEPTH and value:
-            yield IngestError(index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep")
+            errors.append(IngestError(index, f"metadata.{path}", f"keys are 1 to {MAX_KEY_LENGTH} characters"))
+        elif key[0] == "_":
+            errors.append(IngestError(index, f"metadata.{path}", "keys starting with _ are reserved (_cost and _llm aside)"))
+        if isinstance(value, dict):
+            if depth < MAX_METADATA_DEPTH:
+                keys += _check_object(index, value, path + ".", depth + 1, errors, leaves)
+            elif value:
+                errors.append(IngestError(index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep"))
         elif isinstance(value, list):
-            yield IngestError(index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects")
-    if keys > MAX_METADATA_KEYS:
-        yield IngestError(index, "metadata", f"at most {MAX_METADATA_KEYS} keys")
+            errors.append(IngestError(index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects"))
+        else:
+            leaves.append((path, value))
+    return keys
 
 
 def _reserved_errors(index: int, key: str, value: Any):
@@ -170,14 +176,6 @@ def _reserved_errors(index: int, key: str, value: Any):
         return
     if isinstance(reserved, CostIn) and -reserved.amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS:
         yield IngestError(index, "metadata._cost.amount", "at most 12 fraction digits")
-
-
-def _walk(obj: dict[str, Any], prefix: str = "", depth: int = 1, in_reserved: bool = False):
-    for key, value in obj.items():
-        path = f"{prefix}{key}"
-        yield path, key, value, depth, in_reserved
-        if isinstance(value, dict) and depth < MAX_METADATA_DEPTH:
-            yield from _walk(value, f"{path}.", depth + 1, in_reserved or (depth == 1 and key in RESERVED_KEYS))
 
 
 def _suffix(message: str) -> str:
