@@ -282,9 +282,13 @@ def test_invalid_parameters(api: TestClient, tenant: Tenant, params: dict[str, A
 
 def test_timezone_aliases(api: TestClient, dataset: Dataset) -> None:
     params = {"start_date": START.isoformat(), "end_date": END.isoformat(), "interval": "day"}
-    alias = get(api, dataset.tenant, timezone="Asia/Calcutta", **params)
-    canonical = get(api, dataset.tenant, timezone="Asia/Kolkata", **params)
-    assert alias.status_code == 200 and alias.json() == canonical.json()
+    alias = get(api, dataset.tenant, timezone="Asia/Calcutta", **params).json()
+    canonical = get(api, dataset.tenant, timezone="Asia/Kolkata", **params).json()
+    # ClickHouse adds floats across threads in no fixed order: two identical requests may differ in the last bit.
+    assert alias["metrics"] == canonical["metrics"]
+    assert [row["timestamp"] for row in alias["periods"]] == [row["timestamp"] for row in canonical["periods"]]
+    for got, want in [*zip(alias["periods"], canonical["periods"], strict=True), (alias["totals"], canonical["totals"])]:
+        assert all(close(got[slug], want[slug]) for slug in want if slug != "timestamp"), (got, want)
 
 
 def test_tenant_isolation(api: TestClient, dataset: Dataset, other_tenant: Tenant) -> None:
