@@ -35,10 +35,8 @@ class MetricsController(Controller):
         span = statistics.time_range(start_date, end_date, interval, timezone)
         selected = service.metric_list(metrics)
         share_ids = service.share_list(share_id)
-        customer_ids = statistics.customer_id_list(customer_id)
-        external_ids = statistics.external_id_list(external_customer_id)
         customer_keys, customer_ids = await statistics.customer_filter(
-            client, workspace.workspace_id, customer_ids, external_ids
+            client, workspace.workspace_id, customer_id, external_customer_id
         )
         answer = await service.dashboard(
             client, workspace.workspace_id, span, selected, share_ids, customer_keys, customer_ids

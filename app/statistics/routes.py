@@ -31,10 +31,8 @@ async def statistics_timeseries(
     span = service.time_range(start_date, end_date, interval, timezone)
     fields = service.field_list(aggregate_fields)
     names = service.name_list(name)
-    customer_ids = service.customer_id_list(customer_id)
-    external_ids = service.external_id_list(external_customer_id)
     customer_keys, customer_ids = await service.customer_filter(
-        client, workspace.workspace_id, customer_ids, external_ids
+        client, workspace.workspace_id, customer_id, external_customer_id
     )
     answer = await service.timeseries(client, workspace.workspace_id, span, fields, names, customer_keys, customer_ids)
     return Response(

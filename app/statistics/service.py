@@ -285,10 +285,13 @@ def plan(spans: Sequence[tuple[datetime, datetime]], grains: Sequence[str] = GRA
 
 
 async def customer_filter(
-    client: AsyncClient, workspace_id: UUID, customer_ids: list[UUID] | None, external_ids: list[str] | None
+    client: AsyncClient, workspace_id: UUID, customer_id: list[str] | None, external_customer_id: list[str] | None
 ) -> tuple[list[str] | None, list[UUID] | None]:
-    """The identity keys (events.customer_key) and ids the customer filters stand for; (None, None) for no
-    filter. A customer's events are its own whether they named it by id or by external id."""
+    """The identity keys (events.customer_key) and ids the `customer_id` / `external_customer_id` query
+    parameters stand for; (None, None) for no filter. A customer's events are its own whether they named it by
+    id or by external id."""
+    customer_ids = customer_id_list(customer_id)
+    external_ids = external_id_list(external_customer_id)
     if customer_ids is None and external_ids is None:
         return None, None
     keys = [f"x:{external_id}" for external_id in external_ids or []]
