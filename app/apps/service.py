@@ -33,6 +33,7 @@ from app.apps.schemas import (
 )
 from app.errors import invalid
 from app.events.claims import LocalClaims, RedisClaims
+from app.events.service import as_uuid
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class AppRecord:
 def checked_slug(slug: str) -> str:
     if not SLUG.fullmatch(slug):
         raise invalid("slug", "1 to 63 of a-z, 0-9 and '-', not starting with '-'")
-    if _as_uuid(slug) is not None:
+    if as_uuid(slug) is not None:
         # `{id}` in a route is the UUID or the slug: a slug that reads as a UUID would be ambiguous.
         raise invalid("slug", "must not have the form of a UUID")
     return slug
@@ -107,7 +108,7 @@ async def list_apps(client: AsyncClient, workspace_id: UUID) -> list[App]:
 
 async def find_app(client: AsyncClient, workspace_id: UUID, reference: str) -> AppRecord:
     """An app of the workspace by its UUID or its slug; 404 otherwise (another workspace's app included)."""
-    app_id = _as_uuid(reference)
+    app_id = as_uuid(reference)
     if app_id is not None:
         rows = await queries.app_rows(client, workspace_id, app_id=app_id)
     elif SLUG.fullmatch(reference):
@@ -338,13 +339,6 @@ def _number(value: float | None) -> int | float | None:
     if value is None or not math.isfinite(value):
         return None
     return int(value) if float(value).is_integer() else value
-
-
-def _as_uuid(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
 
 
 def _now() -> datetime:

@@ -102,7 +102,6 @@ async def _customer_keys(
 
 async def _parent(client: AsyncClient, workspace_id: UUID, reference: str) -> UUID:
     """An event's id from its id or its external id; the nil UUID (no children) when there is none."""
-    keys = [f"x:{reference}"] + ([f"i:{service._as_uuid(reference)}"] if service._as_uuid(reference) else [])
-    found = await queries.stored_keys(client, workspace_id, keys)
-    match = found.get(keys[-1]) or found.get(keys[0])
+    found = await queries.stored_keys(client, workspace_id, service.reference_keys(reference))
+    match = service.stored_reference(reference, found)
     return match[0] if match else UUID(int=0)

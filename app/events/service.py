@@ -185,25 +185,23 @@ def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, t
             external_id = event.external_customer_id
             identities[item.index] = (customer_key(None, external_id), by_external.get(external_id), external_id)
     if errors:
-        raise _batch_invalid(errors)
+        raise BatchInvalid.listing(errors)
     return identities
 
 
-def _batch_invalid(errors: list[IngestError]) -> BatchInvalid:
-    return BatchInvalid(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
-                        extra={"errors": [msgspec.to_builtins(error) for error in errors]})
+def reference_keys(reference: str) -> list[str]:
+    """The event_keys entries an event reference (its id or its external id) may stand for, the id first."""
+    as_id = as_uuid(reference)
+    return ([f"i:{as_id}"] if as_id is not None else []) + [f"x:{reference}"]
+
+
+def stored_reference(reference: str, known: dict[str, tuple]) -> tuple | None:
+    """(id, root_id, depth) of the stored event a reference names, by id before external id."""
+    return next((known[key] for key in reference_keys(reference) if key in known), None)
 
 
 def _parent_keys(events: list[ValidEvent]) -> list[str]:
-    keys = []
-    for item in events:
-        parent = item.event.parent_id
-        if parent is None:
-            continue
-        keys.append(f"x:{parent}")
-        if _as_uuid(parent) is not None:
-            keys.append(f"i:{_as_uuid(parent)}")
-    return keys
+    return [key for item in events if item.event.parent_id is not None for key in reference_keys(item.event.parent_id)]
 
 
 def _split_duplicates(events: list[ValidEvent], known: dict[str, tuple]) -> tuple[list[ValidEvent], int]:
@@ -233,7 +231,7 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
         parent = item.event.parent_id
         if parent is None:
             spot = Placed(ids[item.index], ids[item.index], 0, None)
-        elif (stored := known.get(f"i:{_as_uuid(parent)}") or known.get(f"x:{parent}")) is not None:
+        elif (stored := stored_reference(parent, known)) is not None:
             spot = Placed(ids[item.index], stored[1], stored[2] + 1, stored[0])
         elif parent in by_external and by_external[parent].index not in path | {item.index}:
             above = place(by_external[parent], path | {item.index})
@@ -252,7 +250,7 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
         place(item, set())
     if errors:
         unique = {(error.index, error.message): error for error in errors}
-        raise _batch_invalid(sorted(unique.values(), key=lambda error: error.index))
+        raise BatchInvalid.listing(sorted(unique.values(), key=lambda error: error.index))
     return placed
 
 
@@ -303,7 +301,7 @@ def _row(workspace_id: UUID, event: StoredEvent, item: ValidEvent, identity: tup
     ]
 
 
-def _as_uuid(value: str) -> UUID | None:
+def as_uuid(value: str) -> UUID | None:
     try:
         return UUID(value)
     except ValueError:

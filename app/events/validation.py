@@ -31,6 +31,12 @@ class PayloadTooLarge(HTTPException):
 class BatchInvalid(HTTPException):
     status_code = 422
 
+    @classmethod
+    def listing(cls, errors: list[IngestError]) -> "BatchInvalid":
+        """A 422 listing every error of the batch, none of which is stored."""
+        return cls(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
+                   extra={"errors": [msgspec.to_builtins(error) for error in errors]})
+
 
 @dataclass(slots=True)
 class ValidEvent:
@@ -113,8 +119,7 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
             leaves,
         ))
     if errors:
-        raise BatchInvalid(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
-                           extra={"errors": [msgspec.to_builtins(error) for error in errors]})
+        raise BatchInvalid.listing(errors)
     return valid
 
 
