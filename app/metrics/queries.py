@@ -1,5 +1,6 @@
-"""The SQL of the metrics dashboard, over the raw events table. Every value is a bound parameter; the only text
-that varies is column aliases the engine numbers and comparison operators from catalog.Where's closed set."""
+"""The SQL of the metrics dashboard, over the rollups of schema/0003 and 0006 where they keep what an aggregate
+needs, and over the raw events table otherwise. Every value is a bound parameter; the only text that varies is
+parameter names the engine numbers, rollup table names and comparison operators from catalog.Where's closed set."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from uuid import UUID
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.metrics.catalog import Aggregate, ActiveSessions, Cost, Count, Converted, DistinctCustomers, Sum, Where
+from app.statistics.queries import COST_FIELD, coverage_sql, split_parameters
 
 SHARE_KEY = "share_id"
 # Larger than any event's Unix milliseconds: "never ended".
 NEVER_MS = 2**62
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
+# The rollup tables (one per grain, e.g. event_stats_1h) and the columns an aggregate reads from them.
+EVENT_STATS = "event_stats"
+FIELD_STATS = "field_stats"
+ROLLUP_COLUMNS = {
+    EVENT_STATS: "name, bucket, occurrences, customers",
+    FIELD_STATS: "field, name, bucket, sign, value_count, value_total, exact_total",
+}
 
 
 def unix_ms(instant: datetime) -> int:
@@ -88,6 +97,83 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
             name = params.bind("n", event, "String")
             return f"countIf(name = {name}{_condition(where, params)} AND str['{SHARE_KEY}'] IN ({paid}))"
     raise TypeError(f"not an aggregate: {aggregate!r}")
+
+
+def _compares_with_zero(where: Where | None) -> bool:
+    return where is None or (where.value == 0 and where.op in OPERATORS)
+
+
+def rollup_table(aggregate: Aggregate) -> str | None:
+    """The rollup keeping what this aggregate needs, or None when only the raw table does. Per-field rollups
+    keep each value's sign, so a comparison with zero selects whole rows of them."""
+    match aggregate:
+        case Count(_, None) | DistinctCustomers():
+            return EVENT_STATS
+        case Count(_, where) | Sum(_, _, where) if _compares_with_zero(where):
+            return FIELD_STATS
+        case Cost():
+            return FIELD_STATS
+    return None
+
+
+def _sign_condition(where: Where | None) -> str:
+    return "" if where is None else f" AND sign {where.op} 0"
+
+
+def rollup_column(aggregate: Aggregate, params: Params) -> str:
+    """One aggregate over the rollup rows of a period, as a ClickHouse expression (see rollup_table)."""
+    match aggregate:
+        case Count(event, None):
+            return f"sumIf(occurrences, name = {params.bind('n', event, 'String')})"
+        case DistinctCustomers():
+            # uniqExact states merge into the exact count of the union.
+            return "uniqExactMerge(customers)"
+        case Count(event, where) if where is not None:
+            field = params.bind("path", where.path, "String")
+            return f"sumIf(value_count, field = {field} AND name = {params.bind('n', event, 'String')}{_sign_condition(where)})"
+        case Sum(event, path, where):
+            field = params.bind("path", path, "String")
+            return f"sumIf(value_total, field = {field} AND name = {params.bind('n', event, 'String')}{_sign_condition(where)})"
+        case Cost():
+            return f"sumIf(exact_total, field = {params.bind('path', COST_FIELD, 'String')})"
+    raise TypeError(f"not kept by a rollup: {aggregate!r}")
+
+
+def _rollup_filter(table: str, aggregates: Sequence[Aggregate], params: Params) -> str:
+    """The rows of the rollup the aggregates read: only their fields, or their names (all for distinct
+    customers, who may be known from any event)."""
+    if table == FIELD_STATS:
+        fields = sorted({COST_FIELD if isinstance(a, Cost) else a.path if isinstance(a, Sum) else a.where.path
+                         for a in aggregates})
+        return f" AND field IN {params.bind('fields', fields, 'Array(String)')}"
+    if any(isinstance(aggregate, DistinctCustomers) for aggregate in aggregates):
+        return ""
+    return f" AND name IN {params.bind('names', sorted({a.event for a in aggregates}), 'Array(String)')}"
+
+
+async def rollup_aggregates(
+    client: AsyncClient, workspace_id: UUID, table: str, grains: Sequence[str], splits: dict[str, tuple[int, ...]],
+    starts: Sequence[datetime], end: datetime, aggregates: Sequence[Aggregate],
+) -> dict[int, tuple[Any, ...]]:
+    """Every aggregate per period, keyed as period_aggregates keys them, from the rollup `table` at the grains
+    of a plan (app/statistics/service.plan): each bucket lies wholly inside one period, the one whose start is
+    the last at or before the bucket's."""
+    params = Params()
+    columns = ", ".join(rollup_column(aggregate, params) for aggregate in aggregates)
+    where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')}{_rollup_filter(table, aggregates, params)}"
+    parts = " UNION ALL ".join(
+        f"SELECT {ROLLUP_COLUMNS[table]} FROM {table}_{grain} WHERE {where} AND {coverage_sql(grain, grains)}"
+        for grain in grains
+    )
+    bounds = params.bind("bounds", [round(start.timestamp()) for start in starts], "Array(UInt32)")
+    sql = (
+        f"SELECT arrayLastIndex(b -> b <= toUInt32(bucket), {bounds}) AS period, {columns} "
+        f"FROM ({parts}) GROUP BY GROUPING SETS ((period), ())"
+    )
+    parameters = {**params.values, **split_parameters(splits),
+                  "lo": round(starts[0].timestamp()), "hi": round(end.timestamp())}
+    result = await client.query(sql, parameters=parameters)
+    return {row[0]: tuple(row[1:]) for row in result.result_rows}
 
 
 async def period_aggregates(

@@ -9,6 +9,8 @@ from app.metrics import service
 from app.metrics.schemas import IntervalLimit, Limits
 from app.statistics import service as statistics
 
+# Which rollup grains answered the per-period aggregates ("1d", "1h+15m", ...) or "raw". For tests and operators.
+SOURCE_HEADER = "X-Metrics-Source"
 # Litestar writes Decimals as strings; costs are exact and the contract wants JSON numbers.
 ENCODER = msgspec.json.Encoder(decimal_format="number")
 
@@ -38,10 +40,10 @@ class MetricsController(Controller):
         customer_keys, customer_ids = await statistics.customer_filter(
             client, workspace.workspace_id, customer_id, external_customer_id
         )
-        answer = await service.dashboard(
+        answer, source = await service.dashboard(
             client, workspace.workspace_id, span, selected, share_ids, customer_keys, customer_ids
         )
-        return Response(ENCODER.encode(answer), media_type=MediaType.JSON)
+        return Response(ENCODER.encode(answer), media_type=MediaType.JSON, headers={SOURCE_HEADER: source})
 
     @get("/limits")
     async def metrics_limits(self, workspace: WorkspaceAccess) -> Limits:

@@ -21,7 +21,7 @@ from app.metrics.catalog import (
 )
 from app.metrics.queries import Scope
 from app.metrics.schemas import MetricDescription, MetricsAnswer
-from app.statistics.service import Period, TimeRange, json_decimal, periods
+from app.statistics.service import GRAINS, RAW, Period, Plan, TimeRange, json_decimal, periods, plan
 
 Value = int | float | Decimal
 AGGREGATES = (Count, Sum, DistinctCustomers, Cost, Converted)
@@ -98,6 +98,8 @@ class Results:
     count: int
     aggregates: dict[Aggregate, dict[int | None, Value]]
     states: dict[ActiveSessions, list[int]]
+    # The rollup grains that answered ("1d", "1h+15m", ...) or "raw"; the share-level metrics always read raw.
+    source: str
     running: dict[Running, list[Value]] = dataclasses.field(default_factory=dict)
 
     def value(self, definition: Definition, index: int | None) -> Value:
@@ -126,22 +128,42 @@ class Results:
         return self.running[definition]
 
 
-async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], needed: list[Definition]) -> Results:
+def _sources(scope: Scope, buckets: list[Period], aggregates: list[Aggregate], grains: Sequence[str]
+             ) -> tuple[Plan, dict[str | None, list[Aggregate]]]:
+    """The plan of the periods and which aggregates each source answers (None: the raw table). Filters by share or
+    customer, aggregates the rollups do not keep, and `grains` = RAW read the raw table."""
+    filtered = scope.share_ids is not None or scope.customer_keys is not None or scope.customer_ids is not None
+    raw = filtered or tuple(grains) == RAW
+    source = plan([(bucket.start, bucket.end) for bucket in buckets], GRAINS if raw else grains, raw)
+    groups: dict[str | None, list[Aggregate]] = {}
+    for aggregate in aggregates:
+        table = None if source.grains == RAW else queries.rollup_table(aggregate)
+        groups.setdefault(table, []).append(aggregate)
+    return source, groups
+
+
+async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], needed: list[Definition],
+                 grains: Sequence[str]) -> Results:
     aggregates = [definition for definition in needed if isinstance(definition, AGGREGATES)]
     states = [definition for definition in needed if isinstance(definition, ActiveSessions)]
     starts, ends = [bucket.start for bucket in buckets], [bucket.end for bucket in buckets]
+    source, groups = _sources(scope, buckets, aggregates, grains)
     jobs = [queries.active_sessions(client, scope, state, ends) for state in states]
-    if aggregates:
-        jobs.append(queries.period_aggregates(client, scope, starts, ends[-1], aggregates))
+    for table, members in groups.items():
+        jobs.append(
+            queries.period_aggregates(client, scope, starts, ends[-1], members) if table is None else
+            queries.rollup_aggregates(client, scope.workspace_id, table, source.grains, source.splits, starts,
+                                      ends[-1], members)
+        )
     answers = await asyncio.gather(*jobs)
-    rows = answers[len(states)] if aggregates else {}
     by_aggregate: dict[Aggregate, dict[int | None, Value]] = {aggregate: {} for aggregate in aggregates}
-    for key, row in rows.items():
-        # Key 0 is the whole range's grouping set; period keys are 1-based.
-        index = None if key == 0 else key - 1
-        for aggregate, value in zip(aggregates, row):
-            by_aggregate[aggregate][index] = value
-    return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])))
+    for members, rows in zip(groups.values(), answers[len(states):], strict=True):
+        for key, row in rows.items():
+            # Key 0 is the whole range's grouping set; period keys are 1-based.
+            index = None if key == 0 else key - 1
+            for aggregate, value in zip(members, row, strict=True):
+                by_aggregate[aggregate][index] = value
+    return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])), source.label)
 
 
 def _json(value: Value) -> Value:
@@ -157,18 +179,21 @@ async def dashboard(
     share_ids: Sequence[str] | None = None,
     customer_keys: Sequence[str] | None = None,
     customer_ids: Sequence[UUID] | None = None,
-) -> MetricsAnswer:
-    """The requested metrics per local period of `span` and over the whole range."""
+    grains: Sequence[str] = GRAINS,
+) -> tuple[MetricsAnswer, str]:
+    """The requested metrics per local period of `span` and over the whole range, and the source that answered.
+    `grains` restricts the rollups read (RAW: none), which is how tests prove every source agrees."""
     buckets = periods(span)
     scope = Scope(workspace_id, share_ids, customer_keys, customer_ids)
-    results = await _query(client, scope, buckets, _needed([metric.definition for metric in metrics]))
+    results = await _query(client, scope, buckets, _needed([metric.definition for metric in metrics]), grains)
     rows: list[dict[str, Any]] = []
     for index, bucket in enumerate(buckets):
         row: dict[str, Any] = {"timestamp": bucket.start}
         row.update((metric.slug, _json(results.value(metric.definition, index))) for metric in metrics)
         rows.append(row)
-    return MetricsAnswer(
+    answer = MetricsAnswer(
         periods=rows,
         totals={metric.slug: _json(results.value(metric.definition, None)) for metric in metrics},
         metrics={metric.slug: MetricDescription(metric.slug, metric.display_name, metric.type) for metric in metrics},
     )
+    return answer, results.source
