@@ -26,6 +26,14 @@ class LlmIn(msgspec.Struct, forbid_unknown_fields=True):
     cached_input_tokens: TokenCount | None = None
 
 
+class ReservedMetadata(msgspec.Struct, frozen=True):
+    """`_cost` and `_llm` of an event's metadata, decoded from its JSON so that a cost keeps every digit sent;
+    the other keys are skipped."""
+
+    cost: CostIn | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="_cost")
+    llm: LlmIn | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="_llm")
+
+
 class EventIn(msgspec.Struct):
     """One event of an ingest batch as the producer sends it; unknown fields are ignored."""
 

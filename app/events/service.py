@@ -93,8 +93,9 @@ class EventStore:
     async def record_customer_event(self, workspace_id: UUID, name: str, customer: Any) -> None:
         """A `customer.*` system event about this customer."""
         metadata = {"customer_id": str(customer.id), "email": customer.email, "name": customer.name}
-        item = ValidEvent(0, EventIn(name=name, customer_id=customer.id), metadata, msgspec.json.encode(metadata),
-                          None, None, [(key, value) for key, value in metadata.items() if value is not None])
+        strings = {key: value for key, value in metadata.items() if value is not None}
+        item = ValidEvent(0, EventIn(name=name, customer_id=customer.id), msgspec.json.encode(metadata),
+                          None, None, {}, strings, {})
         identity = (customer_key(customer.id, customer.external_id), customer.id, customer.external_id)
         await self._submit(IngestJob(workspace_id, [item], datetime.now(UTC), "system", {0: identity}))
 
@@ -280,22 +281,12 @@ def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: 
 
 
 def _row(workspace_id: UUID, event: StoredEvent, item: ValidEvent, identity: tuple) -> list[Any]:
-    numbers: dict[str, float] = {}
-    strings: dict[str, str] = {}
-    booleans: dict[str, bool] = {}
-    for path, value in item.leaves:
-        if isinstance(value, bool):
-            booleans[path] = value
-        elif isinstance(value, (int, float, Decimal)):
-            numbers[path] = float(value)
-        elif isinstance(value, str):
-            strings[path] = value
     return [
         workspace_id, event.id, event.name, event.timestamp, event.ingested_at, event.source, identity[0],
         event.customer_id, event.external_customer_id, event.external_id,
         event.external_id if event.external_id is not None else f"i:{event.id}",
         event.parent_id, event.root_id, event.depth, item.metadata_json.decode(),
-        numbers, strings, booleans,
+        item.numbers, item.strings, item.booleans,
         item.cost.amount if item.cost else Decimal(0),
         item.llm.total_tokens if item.llm else 0,
     ]

@@ -1,7 +1,6 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
 import zlib
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,7 +9,7 @@ import msgspec
 from litestar.exceptions import ClientException, HTTPException
 
 from app.errors import field_in_message, without_location
-from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, LlmIn
+from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, LlmIn, ReservedMetadata
 
 MAX_EVENTS = 10_000
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -20,7 +19,12 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 3
 MAX_KEY_LENGTH = 40
 RESERVED_KEYS = {"_cost": CostIn, "_llm": LlmIn}
-METADATA_DECODER = msgspec.json.Decoder(Any, float_hook=Decimal)
+METADATA_DECODER = msgspec.json.Decoder(Any)
+# Decimals, not floats: a cost keeps all 12 of its fraction digits. For metadata whose reserved part fails
+# (or that holds a number past float range), so the walk reports exactly what is wrong.
+EXACT_METADATA_DECODER = msgspec.json.Decoder(Any, float_hook=Decimal)
+RESERVED_DECODER = msgspec.json.Decoder(ReservedMetadata)
+NO_RESERVED = ReservedMetadata()
 MAX_COST_FRACTION_DIGITS = 12
 
 
@@ -38,15 +42,19 @@ class BatchInvalid(HTTPException):
                    extra={"errors": [msgspec.to_builtins(error) for error in errors]})
 
 
-@dataclass(slots=True)
-class ValidEvent:
+class ValidEvent(msgspec.Struct, gc=False):
+    """An event that passed every rule, with its metadata leaves split by type as the `num`, `str` and `bool`
+    columns store them. Untracked by the garbage collector: it holds no reference cycle, and thousands of
+    them wait for each round."""
+
     index: int
     event: EventIn
-    metadata: dict[str, Any]
     metadata_json: bytes
     cost: CostIn | None
     llm: LlmIn | None
-    leaves: list[tuple[str, Any]] = field(default_factory=list)
+    numbers: dict[str, float]
+    strings: dict[str, str]
+    booleans: dict[str, bool]
 
 
 def read_body(body: bytes, content_encoding: str | None) -> bytes:
@@ -103,32 +111,53 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
         except msgspec.DecodeError as error:
             raise ClientException(detail=f"Malformed JSON in event {index}: {error}") from error
         metadata_json = bytes(event.metadata)
-        # Decimals, not floats: a cost keeps all 12 of its fraction digits.
-        metadata = METADATA_DECODER.decode(metadata_json)
+        metadata, reserved = _decode_metadata(metadata_json)
         if metadata is None:
             metadata, metadata_json = {}, b"{}"
-        leaves: list[tuple[str, Any]] = []
-        event_errors = _event_errors(index, event, metadata, len(metadata_json), received_at, leaves)
+        checked = ValidEvent(index, event, metadata_json, None, None, {}, {}, {})
+        event_errors = _event_errors(checked, metadata, reserved, received_at)
         if event_errors:
             errors.extend(event_errors)
             continue
-        valid.append(ValidEvent(
-            index, event, metadata, metadata_json,
-            msgspec.convert(metadata["_cost"], CostIn) if "_cost" in metadata else None,
-            msgspec.convert(metadata["_llm"], LlmIn) if "_llm" in metadata else None,
-            leaves,
-        ))
+        checked.cost, checked.llm = _reserved_values(metadata, reserved)
+        valid.append(checked)
     if errors:
         raise BatchInvalid.listing(errors)
     return valid
+
+
+def _decode_metadata(metadata_json: bytes) -> tuple[Any, ReservedMetadata | None]:
+    """The metadata with float numbers (the `num` map is Float64), and its `_cost` and `_llm` decoded exactly
+    by one more pass over the JSON. When that fails, no reserved part and the metadata in Decimals: the walk
+    then checks `_cost` and `_llm` itself, and says exactly what is wrong."""
+    try:
+        metadata = METADATA_DECODER.decode(metadata_json)
+        if type(metadata) is not dict or ("_cost" not in metadata and "_llm" not in metadata):
+            return metadata, NO_RESERVED
+        reserved = RESERVED_DECODER.decode(metadata_json)
+        if reserved.cost is msgspec.UNSET or not _too_precise(reserved.cost.amount):
+            return metadata, reserved
+    except msgspec.ValidationError:  # a reserved part breaking a rule, or a number past float range
+        pass
+    return EXACT_METADATA_DECODER.decode(metadata_json), None
+
+
+def _reserved_values(metadata: dict[str, Any], reserved: ReservedMetadata | None) -> tuple[CostIn | None, LlmIn | None]:
+    """`_cost` and `_llm` of a valid event: decoded already, or else converted from its exact metadata."""
+    if reserved is None:
+        cost, llm = (msgspec.convert(metadata[key], kind) if key in metadata else None for key, kind in RESERVED_KEYS.items())
+        return cost, llm
+    return (None if reserved.cost is msgspec.UNSET else reserved.cost,
+            None if reserved.llm is msgspec.UNSET else reserved.llm)
 
 
 def _decode_error(index: int, message: str) -> IngestError:
     return IngestError(index, field_in_message(message) or "event", without_location(message))
 
 
-def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int, received_at: datetime,
-                  leaves: list[tuple[str, Any]]) -> list[IngestError]:
+def _event_errors(checked: ValidEvent, metadata: Any, reserved: ReservedMetadata | None,
+                  received_at: datetime) -> list[IngestError]:
+    index, event = checked.index, checked.event
     errors = []
     if (event.customer_id is None) == (event.external_customer_id is None):
         errors.append(IngestError(index, "customer_id", "exactly one of customer_id and external_customer_id is required"))
@@ -136,41 +165,62 @@ def _event_errors(index: int, event: EventIn, metadata: Any, metadata_size: int,
         errors.append(IngestError(index, "timestamp", "more than 5 minutes in the future"))
     if not isinstance(metadata, dict):
         errors.append(IngestError(index, "metadata", "must be an object"))
-    elif metadata_size > MAX_METADATA_BYTES:
+    elif len(checked.metadata_json) > MAX_METADATA_BYTES:
         errors.append(IngestError(index, "metadata", "over 16 KiB"))
-    elif _check_object(index, metadata, "", 1, errors, leaves) > MAX_METADATA_KEYS:
+    elif _check_object(checked, metadata, "", 1, reserved, errors) > MAX_METADATA_KEYS:
         errors.append(IngestError(index, "metadata", f"at most {MAX_METADATA_KEYS} keys"))
     return errors
 
 
-def _check_object(index: int, obj: dict[str, Any], prefix: str, depth: int, errors: list[IngestError],
-                  leaves: list[tuple[str, Any]]) -> int:
-    """Check the keys and values of one metadata object and those nested in it; collect its leaves (dotted
-    path, value) on the way, so storing them needs no second walk; answer how many keys it holds.
-    Plain recursion rather than generators: this runs for every key of every event."""
-    keys = 0
+def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: int,
+                  reserved: ReservedMetadata | None, errors: list[IngestError]) -> int:
+    """Check the keys and values of one metadata object and those nested in it; store its leaves by dotted
+    path on the way, so storing them needs no second walk; answer how many keys it holds.
+    Plain recursion and type identity rather than generators and isinstance: this runs for every key of
+    every event."""
+    numbers, strings, booleans = checked.numbers, checked.strings, checked.booleans
+    keys = len(obj)
     for key, value in obj.items():
-        keys += 1
         path = prefix + key
-        if depth == 1 and key in RESERVED_KEYS:
-            errors.extend(_reserved_errors(index, key, value))
-            if isinstance(value, dict):
-                leaves.extend((f"{path}.{inner}", leaf) for inner, leaf in value.items() if not isinstance(leaf, dict))
-            continue
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
-            errors.append(IngestError(index, f"metadata.{path}", f"keys are 1 to {MAX_KEY_LENGTH} characters"))
-        elif key[0] == "_":
-            errors.append(IngestError(index, f"metadata.{path}", "keys starting with _ are reserved (_cost and _llm aside)"))
-        if isinstance(value, dict):
+        if not 0 < len(key) <= MAX_KEY_LENGTH or key[0] == "_":
+            if depth == 1 and key in RESERVED_KEYS:
+                _check_reserved(checked, key, value, reserved, errors)
+                continue
+            errors.append(_key_error(checked.index, key, path))
+        kind = type(value)
+        if kind is str:
+            strings[path] = value
+        elif kind is float:
+            numbers[path] = value
+        elif kind is int or kind is Decimal:
+            numbers[path] = float(value)
+        elif kind is bool:
+            booleans[path] = value
+        elif kind is dict:
             if depth < MAX_METADATA_DEPTH:
-                keys += _check_object(index, value, path + ".", depth + 1, errors, leaves)
+                keys += _check_object(checked, value, path + ".", depth + 1, reserved, errors)
             elif value:
-                errors.append(IngestError(index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep"))
-        elif isinstance(value, list):
-            errors.append(IngestError(index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects"))
-        else:
-            leaves.append((path, value))
+                errors.append(IngestError(checked.index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep"))
+        elif kind is list:
+            errors.append(IngestError(checked.index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects"))
     return keys
+
+
+def _key_error(index: int, key: str, path: str) -> IngestError:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        return IngestError(index, f"metadata.{path}", f"keys are 1 to {MAX_KEY_LENGTH} characters")
+    return IngestError(index, f"metadata.{path}", "keys starting with _ are reserved (_cost and _llm aside)")
+
+
+def _check_reserved(checked: ValidEvent, key: str, value: Any, reserved: ReservedMetadata | None,
+                    errors: list[IngestError]) -> None:
+    """`_cost` or `_llm`: checked here unless decoded already; once valid, its leaves are stored like any
+    other's (its own keys do not count towards the limit)."""
+    reserved_errors = [] if reserved is not None else list(_reserved_errors(checked.index, key, value))
+    if reserved_errors:
+        errors.extend(reserved_errors)
+    else:  # a flat object of known fields: the walk finds nothing wrong in it
+        _check_object(checked, value, key + ".", 2, reserved, errors)
 
 
 def _reserved_errors(index: int, key: str, value: Any):
@@ -179,8 +229,12 @@ def _reserved_errors(index: int, key: str, value: Any):
     except msgspec.ValidationError as error:
         yield IngestError(index, f"metadata.{key}{_suffix(str(error))}", without_location(str(error)))
         return
-    if isinstance(reserved, CostIn) and -reserved.amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS:
+    if isinstance(reserved, CostIn) and _too_precise(reserved.amount):
         yield IngestError(index, "metadata._cost.amount", "at most 12 fraction digits")
+
+
+def _too_precise(amount: Decimal) -> bool:
+    return -amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS
 
 
 def _suffix(message: str) -> str:
