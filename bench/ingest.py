@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -69,6 +70,33 @@ def make_events(count: int, seed: int, start: datetime) -> list[dict]:
         }
         for i in range(count)
     ]
+
+
+def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
+    """Run `insert_sql` (an INSERT INTO events ...) once per parameter set of `blocks`, as if through the API's
+    table: every materialized view on `events` fills its table from these rows and the projections are built.
+
+    The rows go to a staging copy of `events` first; each view's SELECT then runs once over all of them into its
+    table, and the staged parts are attached to `events`, which fires no view. Several times faster than
+    inserting through the views block by block when nearly every block opens its own rollup buckets, which is
+    how a generated data set spread over months arrives. `client` is a clickhouse-connect (sync) client."""
+    client.command("DROP TABLE IF EXISTS events_stage")
+    client.command("CREATE TABLE events_stage AS events")
+    staged_sql = insert_sql.replace("INSERT INTO events", "INSERT INTO events_stage", 1)
+    for parameters in blocks:
+        client.command(staged_sql, parameters=parameters)
+    views = client.query(
+        "SELECT as_select, extract(create_table_query, 'TO ([\\w.`]+)') FROM system.tables "
+        "WHERE database = currentDatabase() AND engine = 'MaterializedView' "
+        "AND match(as_select, 'FROM default\\.events\\b')").result_rows
+    for select, target in views:
+        staged = re.sub(r"FROM default\.events\b", "FROM default.events_stage", select)
+        client.command(f"INSERT INTO {target} {staged}", settings={"max_bytes_before_external_group_by": 1_000_000_000})
+    partitions = client.query("SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() "
+                              "AND table = 'events_stage' AND active").result_rows
+    for (partition,) in partitions:
+        client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
+    client.command("DROP TABLE events_stage")
 
 
 def percentile(values: list[float], q: float) -> float:

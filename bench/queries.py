@@ -19,7 +19,6 @@ then adds 9M more over the same 90 days and measures at 10M), for the big worksp
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ from app.metrics.catalog import CATALOG  # noqa: E402
 from app.statistics.service import RAW, time_range  # noqa: E402
 from app.warehouse.client import connect  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from ingest import OPERATOR, Api, free_port, percentile  # noqa: E402
+from ingest import OPERATOR, Api, free_port, percentile, store_through_views  # noqa: E402
 
 WORKSPACES = 50
 DAYS = 90
@@ -174,34 +173,14 @@ def setup_workspaces(api: Api) -> tuple[list[str], str]:
 
 def store_events(client, workspaces: list[str], first: int, last: int, t0: datetime) -> float:
     """Rows first..last-1, in time order over the DAYS days from t0 (each size's new rows cover them all, so a
-    grown data set is denser, not longer); returns rows/s.
-
-    Generated into a staging copy of `events`, run through the SELECT of every materialized view on `events`
-    into its table (what the views would do on insert, in one pass per view instead of one per block), then
-    attached to `events` part by part, which fires no view. Five times faster than inserting through the views
-    with the bench's shape, where nearly every event opens its own rollup bucket."""
+    grown data set is denser, not longer); returns rows/s."""
     started = time.perf_counter()
-    client.command("DROP TABLE IF EXISTS events_stage")
-    client.command("CREATE TABLE events_stage AS events")
-    for offset in range(first, last, INSERT_ROWS):
-        client.command(GENERATE_SQL.replace("INSERT INTO events", "INSERT INTO events_stage"), parameters={
-            "workspaces": [UUID(w) for w in workspaces], "names": NAMES, "t0": int(t0.timestamp() * 1000),
-            "span": DAYS * 86_400_000, "first": first, "count": last - first, "block": offset,
-            "block_rows": min(INSERT_ROWS, last - offset),
-        })
-    views = client.query(
-        "SELECT as_select, arrayElement(extractAll(create_table_query, 'TO ([\\w.]+)'), 1) FROM system.tables "
-        "WHERE database = currentDatabase() AND engine = 'MaterializedView' "
-        "AND position(as_select, 'FROM default.events') > 0").result_rows
-    assert len(views) >= 8, views  # dedup keys, event types, six rollups
-    for select, target in views:
-        staged = re.sub(r"FROM default\.events\b", "FROM default.events_stage", select)
-        client.command(f"INSERT INTO {target} {staged}",
-                       settings={"max_bytes_before_external_group_by": 1_000_000_000})
-    for (partition,) in client.query("SELECT DISTINCT partition_id FROM system.parts "
-                                     "WHERE database = currentDatabase() AND table = 'events_stage' AND active").result_rows:
-        client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
-    client.command("DROP TABLE events_stage")
+    store_through_views(client, GENERATE_SQL, [
+        {"workspaces": [UUID(w) for w in workspaces], "names": NAMES, "t0": int(t0.timestamp() * 1000),
+         "span": DAYS * 86_400_000, "first": first, "count": last - first, "block": offset,
+         "block_rows": min(INSERT_ROWS, last - offset)}
+        for offset in range(first, last, INSERT_ROWS)
+    ])
     return (last - first) / (time.perf_counter() - started)
 
 

@@ -13,7 +13,6 @@ Goal (issue 6): p50 under 30 ms, p99 under 100 ms on the 10M-event data set.
 """
 
 import argparse
-import asyncio
 import os
 import shutil
 import statistics
@@ -24,14 +23,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import clickhouse_connect
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from app.warehouse.client import connect  # noqa: E402
-from ingest import Api, free_port, percentile, workspace_token  # noqa: E402
+from ingest import Api, free_port, percentile, store_through_views, workspace_token  # noqa: E402
 
 NAMES = ["api_call", "api_request", "login", "upload", "completion", "conversation.created", "message.created",
          "task.run"]
@@ -86,18 +85,17 @@ METRICS = [
 ]
 
 
-async def fill(server: EmbeddedServer, workspace: str, events: int, customers: int) -> None:
-    client = await connect(server.url)
+def fill(server: EmbeddedServer, workspace: str, events: int, customers: int) -> None:
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.http_port, username="admin",
+                                           password=server.password("admin"), send_receive_timeout=3600)
     now_ms = int(datetime.now(UTC).timestamp() * 1000) - 60_000
     common = {"workspace": workspace, "now_ms": now_ms, "customers": customers}
-    await client.command(CUSTOMERS_SQL, parameters=common)
-    for offset in range(0, events, BLOCK):
-        await client.command(EVENTS_SQL, parameters={
-            **common, "names": NAMES, "span_ms": DAYS * 86_400_000, "offset": offset,
-            "count": min(BLOCK, events - offset)})
-        print(f"  {min(offset + BLOCK, events):,} events", end="\r", flush=True)
-    print()
-    await client.close()
+    client.command(CUSTOMERS_SQL, parameters=common)
+    store_through_views(client, EVENTS_SQL, [
+        {**common, "names": NAMES, "span_ms": DAYS * 86_400_000, "offset": offset, "count": min(BLOCK, events - offset)}
+        for offset in range(0, events, BLOCK)
+    ])
+    client.close()
 
 
 def timed(rounds: int, request: Callable[[], httpx.Response]) -> list[float]:
@@ -128,7 +126,7 @@ def main() -> None:
     try:
         workspace, token = workspace_token(api)
         started = time.perf_counter()
-        asyncio.run(fill(server, workspace, args.events, args.customers))
+        fill(server, workspace, args.events, args.customers)
         print(f"usage benchmark: {args.events:,} events over {DAYS} days, {args.customers:,} customers "
               f"(filled in {time.perf_counter() - started:.0f} s), {args.rounds} rounds each")
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:

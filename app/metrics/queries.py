@@ -146,9 +146,8 @@ def _rollup_filter(table: str, aggregates: Sequence[Aggregate], params: Params) 
         fields = sorted({COST_FIELD if isinstance(a, Cost) else a.path if isinstance(a, Sum) else a.where.path
                          for a in aggregates})
         return f" AND field IN {params.bind('fields', fields, 'Array(String)')}"
-    if any(isinstance(aggregate, DistinctCustomers) for aggregate in aggregates):
-        return ""
-    return f" AND name IN {params.bind('names', sorted({a.event for a in aggregates}), 'Array(String)')}"
+    names = _event_names(aggregates)
+    return "" if names is None else f" AND name IN {params.bind('names', names, 'Array(String)')}"
 
 
 async def rollup_aggregates(
@@ -176,6 +175,13 @@ async def rollup_aggregates(
     return {row[0]: tuple(row[1:]) for row in result.result_rows}
 
 
+def _event_names(aggregates: Sequence[Aggregate]) -> list[str] | None:
+    """The event names the aggregates read, or None when some read every event (costs, distinct customers)."""
+    if any(isinstance(aggregate, (Cost, DistinctCustomers)) for aggregate in aggregates):
+        return None
+    return sorted({aggregate.event for aggregate in aggregates})
+
+
 async def period_aggregates(
     client: AsyncClient, scope: Scope, starts: Sequence[datetime], end: datetime, aggregates: Sequence[Aggregate]
 ) -> dict[int, tuple[Any, ...]]:
@@ -186,9 +192,12 @@ async def period_aggregates(
     bounds = params.bind("bounds", [unix_ms(start) for start in starts], "Array(Int64)")
     lo = params.bind("lo", unix_ms(starts[0]), "Int64")
     hi = params.bind("hi", unix_ms(end), "Int64")
+    names = _event_names(aggregates)
+    # The table's order starts (workspace, name): aggregates of some names read only those names' rows.
+    only = "" if names is None else f"AND name IN {params.bind('names', names, 'Array(String)')} "
     sql = (
         f"SELECT arrayLastIndex(b -> b <= toUnixTimestamp64Milli(timestamp), {bounds}) AS period, {columns} "
-        f"FROM events WHERE {scope.where(params)} "
+        f"FROM events WHERE {scope.where(params)} {only}"
         f"AND timestamp >= fromUnixTimestamp64Milli({lo}, 'UTC') AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
         "GROUP BY GROUPING SETS ((period), ())"
     )
