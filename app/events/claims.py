@@ -38,23 +38,29 @@ class LocalClaims:
     """Claims among the requests of one process."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[UUID, str], asyncio.Event] = {}
+        # (workspace, key) -> the release its claim will signal. The workspace as a string: a UUID hashes in
+        # Python, and a batch claims thousands of keys.
+        self._held: dict[tuple[str, str], asyncio.Event] = {}
 
     @asynccontextmanager
     async def claim(self, workspace_id: UUID, keys: list[str]) -> AsyncIterator[None]:
-        taken: list[tuple[UUID, str]] = []
+        # One signal for all the keys of a claim, as they are all let go at once.
+        released = asyncio.Event()
+        workspace = str(workspace_id)
+        taken: list[tuple[str, str]] = []
         try:
             # One global order of acquisition, so two batches sharing keys never wait on each other in a cycle.
             for key in sorted(set(keys)):
-                slot = (workspace_id, key)
+                slot = (workspace, key)
                 while (holder := self._held.get(slot)) is not None:
                     await holder.wait()
-                self._held[slot] = asyncio.Event()
+                self._held[slot] = released
                 taken.append(slot)
             yield
         finally:
             for slot in taken:
-                self._held.pop(slot).set()
+                del self._held[slot]
+            released.set()
 
 
 class RedisClaims:
