@@ -19,6 +19,11 @@ def generated(seed: int = 3, count: int = 300) -> list[dict]:
     for i in range(count):
         metadata = {"status": rng.choice([200, 404, 500]), "region": rng.choice(["eu", "us"]),
                     "flag": rng.choice([True, False]), "nested": {"level": rng.choice(["a", "b"])}}
+        # Sometimes absent: a match on a map's default (0, false) must not take a missing key for it.
+        if i % 3 == 0:
+            metadata["retries"] = rng.choice([0, 2])
+        if i % 4 == 0:
+            del metadata["flag"]
         events.append({
             "name": rng.choice(["page.view", "api.call", "job.done"]),
             "timestamp": (BASE + timedelta(minutes=rng.randrange(0, 3 * 24 * 60))).isoformat(),
@@ -63,7 +68,10 @@ FILTERS = [
     ({"start_timestamp": "2026-11-02T00:00:00+01:00", "end_timestamp": "2026-11-03T00:00:00Z"},
      lambda e: BASE + timedelta(hours=23) <= ts(e) < BASE + timedelta(days=2)),
     ({"meta[status]": "500"}, lambda e: e["metadata"]["status"] == 500),
-    ({"meta[flag]": "true"}, lambda e: e["metadata"]["flag"] is True),
+    ({"meta[flag]": "true"}, lambda e: e["metadata"].get("flag") is True),
+    ({"meta[flag]": "false"}, lambda e: e["metadata"].get("flag") is False),
+    ({"meta[retries]": "0"}, lambda e: e["metadata"].get("retries") == 0),
+    ({"meta[retries]": "2"}, lambda e: e["metadata"].get("retries") == 2),
     ({"meta[region]": "eu", "meta[nested][level]": "b"},
      lambda e: e["metadata"]["region"] == "eu" and e["metadata"]["nested"]["level"] == "b"),
     ({"meta[status]": "500", "name": ["page.view"], "external_customer_id": "c1"},

@@ -50,12 +50,16 @@ class EventFilter:
         key, text = f"mk{n}", f"mv{n}"
         alternatives = [f"str[{{{key}:String}}] = {{{text}:String}}"]
         parameters: dict[str, Any] = {key: path, text: value}
+        # A map answers its type's default for a missing key: only a match on the default (0, false) needs the
+        # key's presence checked, which reads every key of every row.
         number = _as_number(value)
         if number is not None:
-            alternatives.append(f"(mapContains(num, {{{key}:String}}) AND num[{{{key}:String}}] = {{mn{n}:Float64}})")
+            present = f"mapContains(num, {{{key}:String}}) AND " if number == 0 else ""
+            alternatives.append(f"({present}num[{{{key}:String}}] = {{mn{n}:Float64}})")
             parameters[f"mn{n}"] = number
         if value in ("true", "false"):
-            alternatives.append(f"(mapContains(bool, {{{key}:String}}) AND bool[{{{key}:String}}] = {{mb{n}:Bool}})")
+            present = "" if value == "true" else f"mapContains(bool, {{{key}:String}}) AND "
+            alternatives.append(f"({present}bool[{{{key}:String}}] = {{mb{n}:Bool}})")
             parameters[f"mb{n}"] = value == "true"
         self.add("(" + " OR ".join(alternatives) + ")", **parameters)
 
@@ -92,15 +96,6 @@ async def event_by_id(client: AsyncClient, workspace_id: UUID, event_id: UUID) -
         parameters={"workspace": workspace_id, "id": event_id},
     )
     return tuple(result.result_rows[0]) if result.result_rows else None
-
-
-async def latest_ingestion(client: AsyncClient, workspace_id: UUID) -> datetime | None:
-    result = await client.query(
-        "SELECT max(ingested_at), count() FROM events WHERE workspace_id = {workspace:UUID}",
-        parameters={"workspace": workspace_id},
-    )
-    latest, count = result.result_rows[0]
-    return latest if count else None
 
 
 async def event_types(client: AsyncClient, workspace_id: UUID) -> list[tuple[str, str, int, datetime, datetime, str]]:
