@@ -1,5 +1,6 @@
 """CONTRACT.md section 2, ingest: every field rule, all-or-nothing batches, body formats and limits, dedup."""
 
+import asyncio
 import gzip
 import json
 import uuid
@@ -8,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import TestClient
 
+from app.warehouse.client import connect
 from tests.conftest import Tenant, all_pages, bearer
 
 
@@ -88,6 +90,52 @@ def test_valid_edges_are_accepted(api: TestClient, tenant: Tenant) -> None:
     assert shifted["metadata"] == {"a": {"b": {"c": 1}}, "n": None, "ok": True}
     cost = next(item for item in stored if "_cost" in item["metadata"])
     assert cost["metadata"]["_cost"]["amount"] == 0.123456789012
+
+
+def stored_rows(clickhouse_url: str, workspace_id: str) -> dict[str, tuple]:
+    """The events table's own columns, by external id, as ClickHouse holds them."""
+    async def query() -> dict[str, tuple]:
+        client = await connect(clickhouse_url)
+        try:
+            result = await client.query(
+                "SELECT external_id, toString(id), toString(root_id), toString(parent_id), timestamp, ingested_at, "
+                "name, source, customer_key, dedup_key, depth, metadata, num, str, bool, toString(cost_amount), "
+                "llm_total_tokens FROM events WHERE workspace_id = {w:UUID}",
+                parameters={"w": workspace_id},
+            )
+            return {row[0]: tuple(row[1:]) for row in result.result_rows}
+        finally:
+            await client.close()
+
+    return asyncio.run(query())
+
+
+def test_the_stored_row_holds_exactly_what_was_sent(api: TestClient, tenant: Tenant, clickhouse_url: str) -> None:
+    sent = [
+        event(external_id="root", timestamp="2026-03-01T12:00:00.123456+05:30",
+              metadata={"status": 500, "ratio": 0.25, "region": "eu", "ok": False, "deep": {"er": {"code": 7}},
+                        "_cost": {"amount": 0.123456789012, "currency": "usd"},
+                        "_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 2, "total_tokens": 3}}),
+        event(external_id="child", parent_id="root", metadata={"_cost": {"amount": 1e-7, "currency": "usd"}}),
+        event(external_id="big", metadata={"_cost": {"amount": 12345678901234.5, "currency": "usd"}}),
+    ]
+    assert ingest(api, tenant, sent).json() == {"inserted": 3, "duplicates": 0}
+    listed = {item["external_id"]: item for item in all_events(api, tenant)}
+    rows = stored_rows(clickhouse_url, tenant.id)
+    root, child = listed["root"], listed["child"]
+    assert rows["root"][:4] == (root["id"], root["id"], None, datetime(2026, 3, 1, 6, 30, 0, 123000, tzinfo=UTC))
+    assert rows["child"][:3] == (child["id"], root["id"], root["id"]) and rows["child"][9] == 1
+    assert rows["root"][4].isoformat().replace("+00:00", "Z") == root["ingested_at"].replace(".000Z", "Z")
+    assert rows["root"][5:9] == ("api.call", "user", "x:cust-1", "root")
+    assert json.loads(rows["root"][10]) == sent[0]["metadata"]
+    assert rows["root"][11:14] == (
+        {"status": 500.0, "ratio": 0.25, "deep.er.code": 7.0, "_cost.amount": 0.123456789012, "_llm.input_tokens": 1.0,
+         "_llm.output_tokens": 2.0, "_llm.total_tokens": 3.0},
+        {"region": "eu", "_cost.currency": "usd", "_llm.vendor": "v", "_llm.model": "m"},
+        {"ok": False},
+    )
+    assert [rows[key][14:] for key in ("root", "child", "big")] == [
+        ("0.123456789012", 3), ("0.0000001", 0), ("12345678901234.5", 0)]
 
 
 def test_stored_event_shape_and_default_timestamp(api: TestClient, tenant: Tenant) -> None:

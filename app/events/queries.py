@@ -9,11 +9,18 @@ from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.warehouse.client import string_sets
 
-EVENT_COLUMNS = [
-    "workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
-    "external_customer_id", "external_id", "dedup_key", "parent_id", "root_id", "depth", "metadata",
-    "num", "str", "bool", "cost_amount", "llm_total_tokens",
-]
+# Each column of an insert as the API sends it; ClickHouse converts it to the table's type (Native format).
+# clickhouse-connect writes strings and integers in C, but UUIDs, datetimes, decimals and LowCardinality keys
+# value by value in Python; and with the types given, it sends no DESCRIBE before each insert.
+EVENT_INSERT_TYPES = {
+    "workspace_id": "String", "id": "String", "name": "String", "timestamp": "DateTime64(3, 'UTC')",
+    "ingested_at": "DateTime64(3, 'UTC')", "source": "String", "customer_key": "String",
+    "customer_id": "Nullable(String)", "external_customer_id": "Nullable(String)", "external_id": "Nullable(String)",
+    "dedup_key": "String", "parent_id": "Nullable(String)", "root_id": "String", "depth": "UInt16",
+    "metadata": "String", "num": "Map(String, Float64)", "str": "Map(String, String)", "bool": "Map(String, Bool)",
+    "cost_amount": "String", "llm_total_tokens": "UInt64",
+}
+EVENT_COLUMNS = list(EVENT_INSERT_TYPES)
 OUTPUT_COLUMNS = (
     "id, name, timestamp, ingested_at, source, customer_id, external_customer_id, external_id, parent_id, "
     "root_id, depth, metadata"

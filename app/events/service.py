@@ -6,8 +6,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,7 @@ from app.customers.queries import customers_by_reference
 from app.errors import StoreUnavailable, invalid
 from app.events import queries
 from app.events.claims import LocalClaims, RedisClaims
-from app.events.queries import EVENT_COLUMNS, EventFilter
+from app.events.queries import EVENT_COLUMNS, EVENT_INSERT_TYPES, EventFilter
 from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
 from app.events.validation import BatchInvalid, ValidEvent
 from app.events.coalescer import Coalescer
@@ -33,7 +32,8 @@ EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
 # Byte maps that set the version (4) and variant (RFC 4122) bits of random UUID bytes.
 UUID_VERSION_4 = bytes(byte & 0x0F | 0x40 for byte in range(256))
 UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
-NO_COST = Decimal(0)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 def customer_key(customer_id: UUID | None, external_id: str | None) -> str:
@@ -140,7 +140,7 @@ class EventStore:
         if count:
             try:
                 await self.client.insert("events", insert_columns(prepared), column_names=EVENT_COLUMNS,
-                                         column_oriented=True)
+                                         column_type_names=list(EVENT_INSERT_TYPES.values()), column_oriented=True)
             except Exception as error:  # noqa: BLE001
                 # Nothing is acknowledged; the claims are released on the way out so retries are stored.
                 log.warning("insert of %d events failed: %s", count, error)
@@ -303,29 +303,32 @@ def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: 
 
 def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEvent],
              identities: dict[int, tuple]) -> list[list[Any]]:
-    """The events table's rows, column by column: clickhouse-connect takes them so without turning rows into
-    columns, and no list per row waits for the insert."""
+    """The events table's rows, column by column and typed as EVENT_INSERT_TYPES says: clickhouse-connect
+    takes columns without pivoting rows, and no list per row waits for the insert."""
     count = len(stored)
+    ids = msgspec.to_builtins([event.id for event in stored])
     return [
-        [workspace_id] * count,
-        [event.id for event in stored],
+        [str(workspace_id)] * count,
+        ids,
         [event.name for event in stored],
-        [event.timestamp for event in stored],
-        [event.ingested_at for event in stored],
+        [(event.timestamp - EPOCH) // MILLISECOND for event in stored],
+        [(stored[0].ingested_at - EPOCH) // MILLISECOND] * count if stored else [],
         [event.source for event in stored],
         [identities[item.index][0] for item in fresh],
-        [event.customer_id for event in stored],
+        msgspec.to_builtins([event.customer_id for event in stored]),
         [event.external_customer_id for event in stored],
         [event.external_id for event in stored],
-        [event.external_id if event.external_id is not None else f"i:{event.id}" for event in stored],
-        [event.parent_id for event in stored],
-        [event.root_id for event in stored],
+        [event.external_id if event.external_id is not None else f"i:{event_id}"
+         for event, event_id in zip(stored, ids, strict=True)],
+        msgspec.to_builtins([event.parent_id for event in stored]),
+        msgspec.to_builtins([event.root_id for event in stored]),
         [event.depth for event in stored],
         [item.metadata_json for item in fresh],
         [item.numbers for item in fresh],
         [item.strings for item in fresh],
         [item.booleans for item in fresh],
-        [item.cost.amount if item.cost else NO_COST for item in fresh],
+        # Exact: ClickHouse reads every digit of the Decimal's text, exponent included.
+        [str(item.cost.amount) if item.cost else "0" for item in fresh],
         [item.llm.total_tokens if item.llm else 0 for item in fresh],
     ]
 
