@@ -116,6 +116,19 @@ def test_delivery_filter_and_merge(new_broker: BrokerFactory) -> None:
     run(scenario())
 
 
+def test_listened_says_whether_a_publish_may_reach_anyone(new_broker: BrokerFactory) -> None:
+    async def scenario() -> None:
+        async with running(new_broker()) as broker:
+            local = isinstance(broker, LocalBroker)
+            assert broker.listened("w1") is not local  # with Redis, another process may listen
+            async with broker.subscribe(["w1"]):
+                assert broker.listened("w1")
+                assert broker.listened("w2") is not local
+            assert broker.listened("w1") is not local
+
+    run(scenario())
+
+
 def test_two_processes_share_events(redis_server: RedisProcess) -> None:
     async def scenario() -> None:
         async with (

@@ -145,10 +145,9 @@ class EventStore:
                 # Nothing is acknowledged; the claims are released on the way out so retries are stored.
                 log.warning("insert of %d events failed: %s", count, error)
                 return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in outcomes]
-        await asyncio.gather(*(
-            self.broker.publish(str(outcome.job.workspace_id), stream_items(outcome.stored))
-            for outcome in prepared if outcome.stored
-        ))
+        published = [(str(outcome.job.workspace_id), outcome.stored) for outcome in prepared if outcome.stored]
+        await asyncio.gather(*(self.broker.publish(workspace, stream_items(stored))
+                               for workspace, stored in published if self.broker.listened(workspace)))
         return [outcome if isinstance(outcome, Exception) else
                 IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
 

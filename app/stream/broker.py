@@ -208,6 +208,11 @@ class Broker(Protocol):
 
     async def publish(self, workspace_id: str, items: list[tuple[str, str, bytes]]) -> None: ...
 
+    def listened(self, workspace_id: str) -> bool:
+        """Whether events published now for this workspace may reach a subscriber: when not, a publisher
+        need not encode them."""
+        ...
+
     def subscribe(
         self, workspace_ids: list[str], names: frozenset[str] | None = None
     ) -> Subscription: ...
@@ -248,6 +253,9 @@ class LocalBroker:
         # Give woken consumers a turn, so back-to-back batches from one
         # ingestion request are drained rather than piling up into an overflow.
         await asyncio.sleep(0)
+
+    def listened(self, workspace_id: str) -> bool:
+        return bool(self._channels.get(workspace_id))
 
     def subscribe(
         self, workspace_ids: list[str], names: frozenset[str] | None = None
@@ -399,6 +407,9 @@ class RedisBroker:
             logger.info("redis publish recovered; %d live events were dropped", self._dropped)
             self._publish_failing = False
             self._dropped = 0
+
+    def listened(self, workspace_id: str) -> bool:
+        return True  # the subscribers of the other API processes are not known here
 
     def subscribe(
         self, workspace_ids: list[str], names: frozenset[str] | None = None
