@@ -145,7 +145,8 @@ def _decode_metadata(metadata_json: bytes) -> tuple[Any, ReservedMetadata | None
 def _reserved_values(metadata: dict[str, Any], reserved: ReservedMetadata | None) -> tuple[CostIn | None, LlmIn | None]:
     """`_cost` and `_llm` of a valid event: decoded already, or else converted from its exact metadata."""
     if reserved is None:
-        cost, llm = (msgspec.convert(metadata[key], kind) if key in metadata else None for key, kind in RESERVED_KEYS.items())
+        cost, llm = (msgspec.convert(metadata[key], kind) if key in metadata else None
+                     for key, kind in RESERVED_KEYS.items())
         return cost, llm
     return (None if reserved.cost is msgspec.UNSET else reserved.cost,
             None if reserved.llm is msgspec.UNSET else reserved.llm)
@@ -178,7 +179,7 @@ def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: 
     path on the way, so storing them needs no second walk; answer how many keys it holds.
     Plain recursion and type identity rather than generators and isinstance: this runs for every key of
     every event."""
-    numbers, strings, booleans = checked.numbers, checked.strings, checked.booleans
+    index, numbers, strings, booleans = checked.index, checked.numbers, checked.strings, checked.booleans
     keys = len(obj)
     for key, value in obj.items():
         path = prefix + key
@@ -186,7 +187,7 @@ def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: 
             if depth == 1 and key in RESERVED_KEYS:
                 _check_reserved(checked, key, value, reserved, errors)
                 continue
-            errors.append(_key_error(checked.index, key, path))
+            errors.append(_key_error(index, key, path))
         kind = type(value)
         if kind is str:
             strings[path] = value
@@ -200,9 +201,9 @@ def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: 
             if depth < MAX_METADATA_DEPTH:
                 keys += _check_object(checked, value, path + ".", depth + 1, reserved, errors)
             elif value:
-                errors.append(IngestError(checked.index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep"))
+                errors.append(IngestError(index, f"metadata.{path}", f"objects nest at most {MAX_METADATA_DEPTH} deep"))
         elif kind is list:
-            errors.append(IngestError(checked.index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects"))
+            errors.append(IngestError(index, f"metadata.{path}", "values are strings, numbers, booleans, null or objects"))
     return keys
 
 
