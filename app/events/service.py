@@ -56,9 +56,8 @@ def random_ids(count: int) -> list[UUID]:
     return msgspec.convert([raw[start:start + 16] for start in range(0, len(raw), 16)], list[UUID])
 
 
-@dataclass(slots=True)
-class Placed:
-    """Where an event sits in its tree."""
+class Placed(msgspec.Struct, gc=False):
+    """Where an event sits in its tree (untracked by the garbage collector, like StoredEvent)."""
 
     id: UUID
     root_id: UUID
