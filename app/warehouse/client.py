@@ -45,6 +45,7 @@ def string_sets(**sets: Iterable[str]) -> ExternalData:
     does not fit in a bound parameter (ClickHouse's HTTP form fields are limited in size)."""
     external = ExternalData()
     for name, values in sets.items():
-        rows = b"\n".join(msgspec.json.encode({"value": value}) for value in values)
-        external.add_file(file_name=name, data=rows, fmt="JSONEachRow", structure="value String")
+        # One JSON array for the whole column, encoded in one call: a round looks up thousands of keys.
+        column = b"[" + msgspec.json.encode(list(values)) + b"]"
+        external.add_file(file_name=name, data=column, fmt="JSONCompactColumns", structure="value String")
     return external
