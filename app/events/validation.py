@@ -185,7 +185,11 @@ def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: 
         path = prefix + key
         if not 0 < len(key) <= MAX_KEY_LENGTH or key[0] == "_":
             if depth == 1 and key in RESERVED_KEYS:
-                _check_reserved(checked, key, value, reserved, errors)
+                # Checked already when decoded; its own keys do not count towards the limit.
+                if reserved is None and (reserved_errors := list(_reserved_errors(index, key, value))):
+                    errors.extend(reserved_errors)
+                else:
+                    _store_flat_leaves(checked, value, key + ".")
                 continue
             errors.append(_key_error(index, key, path))
         kind = type(value)
@@ -213,15 +217,20 @@ def _key_error(index: int, key: str, path: str) -> IngestError:
     return IngestError(index, f"metadata.{path}", "keys starting with _ are reserved (_cost and _llm aside)")
 
 
-def _check_reserved(checked: ValidEvent, key: str, value: Any, reserved: ReservedMetadata | None,
-                    errors: list[IngestError]) -> None:
-    """`_cost` or `_llm`: checked here unless decoded already; once valid, its leaves are stored like any
-    other's (its own keys do not count towards the limit)."""
-    reserved_errors = [] if reserved is not None else list(_reserved_errors(checked.index, key, value))
-    if reserved_errors:
-        errors.extend(reserved_errors)
-    else:  # a flat object of known fields: the walk finds nothing wrong in it
-        _check_object(checked, value, key + ".", 2, reserved, errors)
+def _store_flat_leaves(checked: ValidEvent, obj: dict[str, Any], prefix: str) -> None:
+    """The leaves of an object of known scalar fields, which need no check: a valid `_cost` or `_llm`.
+    The same dispatch as in _check_object, which keeps it inline: a call per key would cost a fifth of the walk."""
+    numbers, strings, booleans = checked.numbers, checked.strings, checked.booleans
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is str:
+            strings[prefix + key] = value
+        elif kind is float:
+            numbers[prefix + key] = value
+        elif kind is int or kind is Decimal:
+            numbers[prefix + key] = float(value)
+        elif kind is bool:
+            booleans[prefix + key] = value
 
 
 def _reserved_errors(index: int, key: str, value: Any):
