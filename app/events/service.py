@@ -33,6 +33,8 @@ EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
 # Byte maps that set the version (4) and variant (RFC 4122) bits of random UUID bytes.
 UUID_VERSION_4 = bytes(byte & 0x0F | 0x40 for byte in range(256))
 UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
+# The insert sends columns as EVENT_INSERT_TYPES says, for ClickHouse to convert (its default, made explicit).
+INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
 
@@ -140,7 +142,8 @@ class EventStore:
         if count:
             try:
                 await self.client.insert("events", insert_columns(prepared), column_names=EVENT_COLUMNS,
-                                         column_type_names=list(EVENT_INSERT_TYPES.values()), column_oriented=True)
+                                         column_type_names=list(EVENT_INSERT_TYPES.values()), column_oriented=True,
+                                         settings=INSERT_SETTINGS)
             except Exception as error:  # noqa: BLE001
                 # Nothing is acknowledged; the claims are released on the way out so retries are stored.
                 log.warning("insert of %d events failed: %s", count, error)
@@ -194,7 +197,7 @@ def _prepare(job: IngestJob, customers: list[tuple], known: dict[str, tuple]) ->
     received_at = to_millisecond(job.received_at)
     stored = [_stored_event(item, placed[item.index], identities[item.index], received_at, ingested_at, job.source)
               for item in fresh]
-    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities), duplicates)
+    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities, ingested_at), duplicates)
 
 
 def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, tuple]:
@@ -303,8 +306,8 @@ def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: 
                        msgspec.Raw(item.metadata_json))
 
 
-def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEvent],
-             identities: dict[int, tuple]) -> list[list[Any]]:
+def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEvent], identities: dict[int, tuple],
+             ingested_at: datetime) -> list[list[Any]]:
     """The events table's rows, column by column and typed as EVENT_INSERT_TYPES says: clickhouse-connect
     takes columns without pivoting rows, and no list per row waits for the insert."""
     count = len(stored)
@@ -314,7 +317,7 @@ def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEve
         ids,
         [event.name for event in stored],
         [(event.timestamp - EPOCH) // MILLISECOND for event in stored],
-        [(stored[0].ingested_at - EPOCH) // MILLISECOND] * count if stored else [],
+        [(ingested_at - EPOCH) // MILLISECOND] * count,
         [event.source for event in stored],
         [identities[item.index][0] for item in fresh],
         msgspec.to_builtins([event.customer_id for event in stored]),
