@@ -52,8 +52,10 @@ def clickhouse_url(tmp_root: Path) -> Iterator[str]:
         with ClickHouseContainer("clickhouse/clickhouse-server:26.9") as container:
             yield container.get_connection_url().replace("clickhouse://", "http://").replace(":9000", ":8123")
     else:
-        server = EmbeddedServer(tmp_root / "clickhouse", free_port(), free_port())
+        # The API's DATA_DIR too: it gives an app's user to this server through its users folder.
+        server = EmbeddedServer(tmp_root / "data", free_port(), free_port())
         server.start()
+        server.supervise()
         yield server.url
         server.stop()
 
@@ -71,7 +73,7 @@ def settings(clickhouse_url: str, redis_process: RedisProcess, tmp_root: Path) -
         admin_token=OPERATOR_TOKEN,
         clickhouse_url=clickhouse_url,
         redis_url=redis_process.url,
-        data_dir=str(tmp_root / "api"),
+        data_dir=str(tmp_root / "data"),
     )
 
 

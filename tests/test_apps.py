@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -20,7 +21,9 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from litestar.testing import TestClient
 
-from app.apps import queries
+from app.apps import queries, routes, service
+from app.config import Settings
+from app.warehouse.embedded import users_folder
 
 try:
     from tests.conftest import Tenant, bearer
@@ -48,12 +51,6 @@ def admin_ch(clickhouse_url: str) -> Iterator[Client]:
     client = connect(clickhouse_url)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def can_create_users(admin_ch: Client) -> bool:
-    types = {row[0] for row in admin_ch.query("SELECT type FROM system.user_directories").result_rows}
-    return bool(types & {"local_directory", "memory", "replicated"})
 
 
 def new_app(api: TestClient, tenant: Tenant, slug: str | None = None, name: str = "Dashboard") -> dict[str, Any]:
@@ -498,18 +495,11 @@ def test_table_names_that_are_not_the_apps_own_are_404_and_run_nothing(
 
 
 def test_database_is_provisioned_once_with_a_user_confined_to_it(
-    api: TestClient, tenant: Tenant, admin_ch: Client, clickhouse_url: str, can_create_users: bool
+    api: TestClient, tenant: Tenant, admin_ch: Client, clickhouse_url: str
 ) -> None:
     app, other = new_app(api, tenant), new_app(api, tenant)
     database = f"app_{uuid.UUID(app['id']).hex}"
     first = api.post(f"/api/apps/{app['id']}/database", headers=bearer(tenant.admin))
-    if not can_create_users:
-        # The embedded server (clickhouse-local) has only its read-only users.xml: nothing is made.
-        assert first.status_code == 501, first.text
-        assert api.post(f"/api/apps/{app['id']}/database", headers=bearer(tenant.admin)).status_code == 501
-        assert not admin_ch.query("SELECT count() FROM system.databases WHERE name = {db:String}",
-                                  parameters={"db": database}).result_rows[0][0]
-        pytest.skip("this ClickHouse server cannot create users: the confinement of an app's user is unchecked")
     assert first.status_code == 201, first.text
     credentials = first.json()
     assert credentials["database"] == database and credentials["quota_bytes"] == 1024**3
@@ -567,3 +557,38 @@ def test_a_failed_provisioning_leaves_nothing_behind(
                                   parameters={"db": database}).result_rows[0][0]
     storage = api.get(f"/api/apps/{app['id']}/stats", headers=bearer(tenant.admin)).json()["storage"]
     assert storage["hasWorkspace"] is False
+
+
+def test_an_embedded_user_that_does_not_appear_is_rolled_back(
+    api: TestClient, tenant: Tenant, admin_ch: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = new_app(api, tenant)
+    database, owner = f"app_{uuid.UUID(app['id']).hex}", f"app_{uuid.UUID(app['id']).hex}_owner"
+    folder = users_folder(settings.data_path)
+
+    async def never(*credentials: str) -> bool:
+        return False
+
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "logs_in", never)
+        patch.setattr(service, "EMBEDDED_RESTART_SECONDS", 5)
+        response = api.post(f"/api/apps/{app['id']}/database", headers=bearer(tenant.admin))
+    assert response.status_code == 503 and owner not in response.text
+    assert not (folder / f"{owner}.xml").exists()
+    assert not admin_ch.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                              parameters={"db": database}).result_rows[0][0]
+    assert api.post(f"/api/apps/{app['id']}/database", headers=bearer(tenant.admin)).status_code == 201
+
+
+def test_a_server_that_cannot_take_users_gets_501_and_nothing_is_made(
+    api: TestClient, tenant: Tenant, admin_ch: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = new_app(api, tenant)
+    database = f"app_{uuid.UUID(app['id']).hex}"
+    # A server with only its read-only users.xml that is not this API's embedded one (no users folder here).
+    monkeypatch.setattr(routes, "users_folder", lambda data_dir: tmp_path / "absent")
+    for _ in range(2):
+        response = api.post(f"/api/apps/{app['id']}/database", headers=bearer(tenant.admin))
+        assert response.status_code == 501, response.text
+    assert not admin_ch.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                              parameters={"db": database}).result_rows[0][0]

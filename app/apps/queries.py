@@ -24,6 +24,9 @@ GRANTED_ENGINES = (
     "MergeTree", "ReplacingMergeTree", "SummingMergeTree", "AggregatingMergeTree", "CollapsingMergeTree",
     "VersionedCollapsingMergeTree", "Memory", "Log", "TinyLog", "StripeLog", "View", "MaterializedView",
 )
+# What an app's own user may do: anything with tables and views in its database, nothing outside it. No
+# dictionaries: a dictionary's ClickHouse source queries as another user of the server, outside these grants.
+OWNER_PRIVILEGES = "SHOW, SELECT, INSERT, ALTER, CREATE TABLE, CREATE VIEW, DROP TABLE, DROP VIEW, TRUNCATE, OPTIMIZE"
 # Storages where CREATE USER can write; `users_xml` is read-only.
 WRITABLE_USER_STORAGES = ["local_directory", "memory", "replicated"]
 PREVIEW_SETTINGS = {
@@ -276,8 +279,14 @@ async def create_database(client: AsyncClient, database: str) -> None:
     await client.command(f"CREATE DATABASE {quoted(derived(database))}")
 
 
+def owner_grants(database: str) -> list[str]:
+    """The grants of an app's own user, without their grantee (users.xml takes them so)."""
+    target = quoted(derived(database))
+    return [f"GRANT {OWNER_PRIVILEGES} ON {target}.*", *(f"GRANT TABLE ENGINE ON {engine}" for engine in GRANTED_ENGINES)]
+
+
 async def create_owner(client: AsyncClient, user: str, password: str, database: str) -> None:
-    """The app's own user: everything inside its database and nothing outside it."""
+    """The app's own user, on a server with a writable user directory."""
     # Access DDL takes no query parameters for names (the password is bound); both names are derived.
     grantee, target = quoted(derived(user)), quoted(derived(database))
     await client.command(
@@ -285,13 +294,13 @@ async def create_owner(client: AsyncClient, user: str, password: str, database: 
         f"DEFAULT DATABASE {target}",
         parameters={"password": password},
     )
-    await client.command(f"GRANT ALL ON {target}.* TO {grantee}")
-    # A dictionary's ClickHouse source queries as another user of the server, outside these grants.
-    await client.command(f"REVOKE CREATE DICTIONARY ON {target}.* FROM {grantee}")
-    for engine in GRANTED_ENGINES:
-        await client.command(f"GRANT TABLE ENGINE ON {engine} TO {grantee}")
+    for grant in owner_grants(database):
+        await client.command(f"{grant} TO {grantee}")
 
 
-async def drop_provisioning(client: AsyncClient, database: str, user: str) -> None:
+async def drop_owner(client: AsyncClient, user: str) -> None:
     await client.command(f"DROP USER IF EXISTS {quoted(derived(user))}")
+
+
+async def drop_database(client: AsyncClient, database: str) -> None:
     await client.command(f"DROP DATABASE IF EXISTS {quoted(derived(database))} SYNC")

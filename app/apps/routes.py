@@ -1,5 +1,6 @@
 from clickhouse_connect.driver.asyncclient import AsyncClient
 from litestar import Controller, get, post
+from litestar.datastructures import State
 
 from app.apps import service
 from app.apps.schemas import (
@@ -15,6 +16,7 @@ from app.apps.schemas import (
 )
 from app.auth.service import WorkspaceAccess
 from app.events.service import EventStore
+from app.warehouse.embedded import users_folder
 
 
 class AppController(Controller):
@@ -45,11 +47,13 @@ class AppController(Controller):
 
     @post("/{reference:str}/database")
     async def create_database(
-        self, client: AsyncClient, workspace: WorkspaceAccess, reference: str, data: DatabaseCreate | None = None
+        self, client: AsyncClient, workspace: WorkspaceAccess, state: State, reference: str,
+        data: DatabaseCreate | None = None,
     ) -> DatabaseCredentials:
         workspace.require("admin")
         app = await service.find_app(client, workspace.workspace_id, reference)
-        return await service.provision_database(client, app, (data or DatabaseCreate()).quota_bytes)
+        return await service.provision_database(client, app, (data or DatabaseCreate()).quota_bytes,
+                                                users_folder(state.settings.data_path))
 
     @get("/{reference:str}/stats/tables")
     async def list_tables(self, client: AsyncClient, workspace: WorkspaceAccess, reference: str) -> list[Table]:

@@ -5,13 +5,16 @@ import logging
 import math
 import re
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from uuid import UUID, uuid4
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_501_NOT_IMPLEMENTED
 
@@ -34,6 +37,8 @@ from app.apps.schemas import (
 from app.errors import invalid
 from app.events.claims import LocalClaims, RedisClaims
 from app.events.service import as_uuid
+from app.warehouse import embedded
+from app.warehouse.client import logs_in
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ VIEW_DAYS = 7
 API_DAYS = 30
 RECENT_INVOCATIONS = 100
 DEFAULT_QUOTA_BYTES = 1024**3
+EMBEDDED_RESTART_SECONDS = 60
 MIGRATIONS_TABLE = "_migrations"
 # Identifiers in an index expression: `quoted` ones, or bare (possibly dotted, as Nested columns are).
 IDENTIFIER = re.compile(r"`((?:[^`\\]|\\.)*)`|'(?:[^'\\]|\\.)*'|([A-Za-z_][A-Za-z0-9_.]*)")
@@ -179,20 +185,27 @@ async def api_history(client: AsyncClient, app: AppRecord) -> ApiHistory:
 # The app's database --------------------------------------------------------------------------------------
 
 
-async def provision_database(client: AsyncClient, app: AppRecord, quota_bytes: int) -> DatabaseCredentials:
+async def provision_database(client: AsyncClient, app: AppRecord, quota_bytes: int,
+                             users_folder: Path) -> DatabaseCredentials:
+    """`users_folder` is where the embedded server of this API's DATA_DIR takes new users, when it has one."""
     if app.database_name is not None:
         raise _already_provisioned()
-    if not await queries.can_create_users(client):
+    if await queries.can_create_users(client):
+        users = None
+    elif users_folder.is_dir():
+        users = users_folder
+    else:
         raise HTTPException(
             status_code=HTTP_501_NOT_IMPLEMENTED,
-            detail="This ClickHouse server cannot create users (it has no writable user directory), "
-                   "so it cannot give an app its own database user",
+            detail="This ClickHouse server cannot create users (it has no writable user directory and is not "
+                   "this API's embedded server), so it cannot give an app its own database user",
         )
     # Shielded: a client that goes away mid-way must not leave a database without its user or record.
-    return await asyncio.shield(_provision(client, app, quota_bytes))
+    return await asyncio.shield(_provision(client, app, quota_bytes, users))
 
 
-async def _provision(client: AsyncClient, app: AppRecord, quota_bytes: int) -> DatabaseCredentials:
+async def _provision(client: AsyncClient, app: AppRecord, quota_bytes: int,
+                     users_folder: Path | None) -> DatabaseCredentials:
     try:
         await queries.create_database(client, app.database)
     except DatabaseError as error:
@@ -201,7 +214,10 @@ async def _provision(client: AsyncClient, app: AppRecord, quota_bytes: int) -> D
         raise
     password = secrets.token_urlsafe(24)
     try:
-        await queries.create_owner(client, app.owner, password, app.database)
+        if users_folder is None:
+            await queries.create_owner(client, app.owner, password, app.database)
+        else:
+            await _add_embedded_user(client, users_folder, app, password)
         provisioned = AppRecord(app.workspace_id, app.id, app.slug, app.name, app.created_at, app.database,
                                 app.owner, quota_bytes)
         await queries.insert_app(client, app.workspace_id, _row(provisioned, database_created_at=_now()))
@@ -209,11 +225,39 @@ async def _provision(client: AsyncClient, app: AppRecord, quota_bytes: int) -> D
         # Nothing half-made stays behind: the next attempt starts from scratch instead of hitting a 409.
         log.warning("provisioning the database of app %s failed; rolling back", app.id)
         try:
-            await queries.drop_provisioning(client, app.database, app.owner)
+            if users_folder is None:
+                await queries.drop_owner(client, app.owner)
+            else:
+                await _remove_embedded_user(client, users_folder, app)
+            await queries.drop_database(client, app.database)
         except Exception:
             log.exception("rolling back the database of app %s failed", app.id)
         raise
     return DatabaseCredentials(app.database, app.owner, password, client.url, quota_bytes)
+
+
+async def _add_embedded_user(client: AsyncClient, folder: Path, app: AppRecord, password: str) -> None:
+    """The embedded server restarts to read the new user: about a second in which ClickHouse answers no one.
+    Done when the user logs in with this password: a server not yet restarted may know it with another."""
+    await asyncio.to_thread(embedded.write_user, folder, app.owner, password, app.database,
+                            queries.owner_grants(app.database))
+    await _until_restarted(folder, lambda: logs_in(client.url, app.owner, password, app.database))
+
+
+async def _remove_embedded_user(client: AsyncClient, folder: Path, app: AppRecord) -> None:
+    embedded.remove_user(folder, app.owner)
+    await _until_restarted(folder, client.ping)
+
+
+async def _until_restarted(folder: Path, ready: Callable[[], Awaitable[bool]]) -> None:
+    """Until the embedded server runs with the users folder as it is now, and is `ready`; so no restart
+    follows our answer."""
+    deadline = time.monotonic() + EMBEDDED_RESTART_SECONDS
+    while not (embedded.serves_users_as_written(folder) and await ready()):
+        if time.monotonic() > deadline:
+            raise OperationalError(f"the embedded ClickHouse server did not start again with its users "
+                                   f"within {EMBEDDED_RESTART_SECONDS} s")
+        await asyncio.sleep(0.2)
 
 
 async def list_tables(client: AsyncClient, app: AppRecord) -> list[Table]:

@@ -26,6 +26,8 @@ EXACT_METADATA_DECODER = msgspec.json.Decoder(Any, float_hook=Decimal)
 RESERVED_DECODER = msgspec.json.Decoder(ReservedMetadata)
 NO_RESERVED = ReservedMetadata()
 MAX_COST_FRACTION_DIGITS = 12
+# cost_amount is a Decimal128(12): 38 digits, 12 of them after the point.
+COST_AMOUNT_LIMIT = Decimal(10) ** (38 - MAX_COST_FRACTION_DIGITS)
 
 
 class PayloadTooLarge(HTTPException):
@@ -135,7 +137,7 @@ def _decode_metadata(metadata_json: bytes) -> tuple[Any, ReservedMetadata | None
         if type(metadata) is not dict or ("_cost" not in metadata and "_llm" not in metadata):
             return metadata, NO_RESERVED
         reserved = RESERVED_DECODER.decode(metadata_json)
-        if reserved.cost is msgspec.UNSET or not _too_precise(reserved.cost.amount):
+        if reserved.cost is msgspec.UNSET or _cost_amount_error(reserved.cost.amount) is None:
             return metadata, reserved
     except msgspec.ValidationError:  # a reserved part breaking a rule, or a number past float range
         pass
@@ -239,12 +241,18 @@ def _reserved_errors(index: int, key: str, value: Any):
     except msgspec.ValidationError as error:
         yield IngestError(index, f"metadata.{key}{_suffix(str(error))}", without_location(str(error)))
         return
-    if isinstance(reserved, CostIn) and _too_precise(reserved.amount):
-        yield IngestError(index, "metadata._cost.amount", "at most 12 fraction digits")
+    if isinstance(reserved, CostIn) and (message := _cost_amount_error(reserved.amount)) is not None:
+        yield IngestError(index, "metadata._cost.amount", message)
 
 
-def _too_precise(amount: Decimal) -> bool:
-    return -amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS
+def _cost_amount_error(amount: Decimal) -> str | None:
+    if not amount.is_finite():
+        return "must be a finite number"
+    if -amount.as_tuple().exponent > MAX_COST_FRACTION_DIGITS:
+        return f"at most {MAX_COST_FRACTION_DIGITS} fraction digits"
+    if abs(amount) >= COST_AMOUNT_LIMIT:
+        return f"must be less than 1e{38 - MAX_COST_FRACTION_DIGITS} in magnitude"
+    return None
 
 
 def _suffix(message: str) -> str:

@@ -1,11 +1,12 @@
 """The one path to ClickHouse: clickhouse-connect's async HTTP client, for the embedded server and any other."""
 
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import clickhouse_connect
 import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from clickhouse_connect.driver.external import ExternalData
 
 # Server-side settings every session of the API uses.
@@ -32,6 +33,18 @@ async def connect(url: str, **settings: object) -> AsyncClient:
         connect_timeout=5,
         send_receive_timeout=60,
     )
+
+
+async def logs_in(url: str, user: str, password: str, database: str) -> bool:
+    """Whether the server at `url` (no credentials in it) takes these credentials now."""
+    parts = urlsplit(url)
+    try:
+        client = await connect(parts._replace(netloc=f"{quote(user)}:{quote(password, safe='')}@{parts.netloc}",
+                                              path=f"/{database}").geturl())
+    except (DatabaseError, OperationalError):
+        return False
+    await client.close()
+    return True
 
 
 def with_database(url: str, database: str) -> str:

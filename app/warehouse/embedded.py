@@ -6,6 +6,7 @@ the process (ARCHITECTURE.md). `python -m app.warehouse.embedded ETC_DIR DATA_DI
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from string import Template
 
@@ -31,6 +33,52 @@ SERVE_SQL = (
     "SELECT sleepEachRow(1) FROM system.numbers SETTINGS max_block_size = 1 FORMAT Null"
 )
 PR_SET_PDEATHSIG = 1
+# Users beyond users.xml: a file each, which clickhouse-local reads only when it starts (it has no
+# writable user directory and does not reload users). So the server exits with USERS_CHANGED when the
+# folder changes, and its supervisor starts it again at once.
+USERS_FOLDER = "users.d"
+USERS_CHANGED = 75
+# The folder's files as the running server listed them before it read them.
+USERS_READ = "users.read.json"
+
+
+def users_folder(data_dir: Path) -> Path:
+    """Where the embedded server of a DATA_DIR takes the users it is given after its start."""
+    return Path(data_dir).resolve() / "clickhouse" / "etc" / USERS_FOLDER
+
+
+def write_user(folder: Path, user: str, password: str, database: str, grants: list[str]) -> None:
+    """A user with a password, reachable from 127.0.0.1 only; written whole, so the server never reads half."""
+    root = ET.Element("clickhouse")
+    entry = ET.SubElement(ET.SubElement(root, "users"), user)
+    ET.SubElement(entry, "password_sha256_hex").text = hashlib.sha256(password.encode()).hexdigest()
+    networks = ET.SubElement(entry, "networks")
+    for address in ("127.0.0.1", "::1"):
+        ET.SubElement(networks, "ip").text = address
+    ET.SubElement(entry, "profile").text = "default"
+    ET.SubElement(entry, "quota").text = "default"
+    ET.SubElement(entry, "default_database").text = database
+    queries = ET.SubElement(entry, "grants")
+    for grant in grants:
+        ET.SubElement(queries, "query").text = grant
+    temporary = folder / f".{user}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(ET.tostring(root))
+    os.replace(temporary, folder / f"{user}.xml")
+
+
+def remove_user(folder: Path, user: str) -> None:
+    (folder / f"{user}.xml").unlink(missing_ok=True)
+
+
+def serves_users_as_written(folder: Path) -> bool:
+    """Whether the running server read the folder as it is now; if not, it is about to restart."""
+    try:
+        read = json.loads((folder.parent / USERS_READ).read_text())
+    except FileNotFoundError:
+        return False
+    return read == [list(entry) for entry in _user_files(folder)]
 
 
 class EmbeddedServerError(RuntimeError):
@@ -44,6 +92,7 @@ class EmbeddedServer:
         self.root = Path(data_dir).resolve() / "clickhouse"
         self.etc_dir = self.root / "etc"
         self.data_dir = self.root / "data"
+        self.users_folder = users_folder(data_dir)
         self.http_port = http_port
         self.tcp_port = tcp_port
         self._process: subprocess.Popen[bytes] | None = None
@@ -116,7 +165,10 @@ class EmbeddedServer:
     def _watch(self) -> None:
         while not self._stopping.wait(0.5):
             if self._process is not None and self._process.poll() is not None:
-                log.error("embedded ClickHouse exited with %s; restarting", self._process.returncode)
+                if self._process.returncode == USERS_CHANGED:
+                    log.info("embedded ClickHouse restarting to read its users")
+                else:
+                    log.error("embedded ClickHouse exited with %s; restarting", self._process.returncode)
                 try:
                     self._wait_for_ports_released()
                     self._launch(timeout=60.0)
@@ -131,6 +183,7 @@ class EmbeddedServer:
     def _write_config(self) -> None:
         self.etc_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.users_folder.mkdir(mode=0o700, exist_ok=True)
         values = {
             "http_port": self.http_port,
             "tcp_port": self.tcp_port,
@@ -186,9 +239,33 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def _user_files(folder: Path) -> list[tuple[str, int]]:
+    files = []
+    for path in folder.glob("*.xml"):
+        try:
+            files.append((path.name, path.stat().st_mtime_ns))
+        except FileNotFoundError:  # removed while listed: the next look sees the change
+            continue
+    return sorted(files)
+
+
+def _exit_when_users_change(folder: Path, read: list[tuple[str, int]]) -> None:
+    while _user_files(folder) == read:
+        time.sleep(0.5)
+    print("embedded ClickHouse: its users changed; exiting to be started again", file=sys.stderr, flush=True)
+    os._exit(USERS_CHANGED)
+
+
 def serve(etc_dir: str, data_dir: str) -> int:
     # Die with the parent: an orphaned server would keep the data directory locked.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Listed before the server reads them, so no change can fall between its reading and the first look.
+    folder = Path(etc_dir) / USERS_FOLDER
+    read = _user_files(folder)
+    temporary = folder.parent / f".{USERS_READ}.tmp"
+    temporary.write_text(json.dumps(read))
+    os.replace(temporary, folder.parent / USERS_READ)
+    threading.Thread(target=_exit_when_users_change, args=(folder, read), daemon=True).start()
     # chDB opens a session when imported; it must not read this server's config (its users need the
     # in-process address), so it is imported from a neutral directory.
     os.chdir(tempfile.gettempdir())
