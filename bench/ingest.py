@@ -86,9 +86,11 @@ def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
     for parameters in blocks:
         client.command(staged_sql, parameters=parameters)
     views = client.query(
-        "SELECT as_select, extract(create_table_query, 'TO ([\\w.`]+)') FROM system.tables "
-        "WHERE database = currentDatabase() AND engine = 'MaterializedView' "
-        "AND match(as_select, 'FROM default\\.events\\b')").result_rows
+        "SELECT as_select, extract(create_table_query, {target:String}) FROM system.tables "
+        "WHERE database = currentDatabase() AND engine = 'MaterializedView' AND match(as_select, {source:String})",
+        parameters={"target": r"TO ([\w.`]+)", "source": r"FROM default\.events\b"}).result_rows
+    if not views:
+        raise RuntimeError("no materialized view reads the events table: the rollups would stay empty")
     for select, target in views:
         staged = re.sub(r"FROM default\.events\b", "FROM default.events_stage", select)
         client.command(f"INSERT INTO {target} {staged}", settings={"max_bytes_before_external_group_by": 1_000_000_000})
