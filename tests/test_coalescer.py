@@ -21,10 +21,6 @@ class Rounds:
         return [job * 10 for job in jobs]
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
 def test_a_lone_job_runs_at_once_even_just_after_a_round() -> None:
     async def scenario() -> list[float]:
         rounds = Rounds(0.01)
@@ -38,7 +34,7 @@ def test_a_lone_job_runs_at_once_even_just_after_a_round() -> None:
         await pipeline.stop()
         return waits
 
-    assert max(run(scenario())) < INTERVAL / 2
+    assert max(asyncio.run(scenario())) < INTERVAL / 2
 
 
 def test_jobs_waiting_at_the_end_of_a_round_are_gathered_after_the_interval() -> None:
@@ -56,7 +52,7 @@ def test_jobs_waiting_at_the_end_of_a_round_are_gathered_after_the_interval() ->
         await pipeline.stop()
         return rounds
 
-    rounds = run(scenario()).rounds
+    rounds = asyncio.run(scenario()).rounds
     assert [jobs for _, jobs in rounds] == [[0], [1, 2, 3, 4]]
     assert rounds[1][0] - rounds[0][0] >= INTERVAL - 0.01
 
@@ -73,4 +69,4 @@ def test_the_size_limit_still_splits_rounds() -> None:
         return rounds
 
     # A round takes jobs while it is under its size: 3 + 3 reaches 5, so the last waits for the next round.
-    assert [jobs for _, jobs in run(scenario()).rounds] == [[1], [3, 3], [3]]
+    assert [jobs for _, jobs in asyncio.run(scenario()).rounds] == [[1], [3, 3], [3]]

@@ -58,9 +58,9 @@ def write_user(folder: Path, user: str, password: str, database: str, grants: li
     ET.SubElement(entry, "profile").text = "default"
     ET.SubElement(entry, "quota").text = "default"
     ET.SubElement(entry, "default_database").text = database
-    queries = ET.SubElement(entry, "grants")
+    statements = ET.SubElement(entry, "grants")
     for grant in grants:
-        ET.SubElement(queries, "query").text = grant
+        ET.SubElement(statements, "query").text = grant
     temporary = folder / f".{user}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
