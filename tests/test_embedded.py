@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from app.warehouse.embedded import EmbeddedServer, EmbeddedServerError, _port_is_free
+from app.warehouse.embedded import (
+    EmbeddedServer,
+    EmbeddedServerError,
+    _port_is_free,
+    remove_user,
+    serves_users_as_written,
+    write_user,
+)
 from tests.conftest import free_port
 
 
@@ -111,6 +118,35 @@ def test_supervisor_restarts_a_dead_server(server: EmbeddedServer) -> None:
             return
         time.sleep(0.2)
     pytest.fail("the embedded server was not restarted")
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(what)
+
+
+def test_a_supervised_server_restarts_to_take_a_users_file_and_to_drop_it(server: EmbeddedServer) -> None:
+    server.supervise()
+    http_query(server, "CREATE DATABASE app_one")
+    first_pid = server.pid
+    assert serves_users_as_written(server.users_folder)
+    write_user(server.users_folder, "app_one_owner", "s3cret", "app_one", ["GRANT SELECT, CREATE TABLE ON app_one.*"])
+    assert (server.users_folder / "app_one_owner.xml").stat().st_mode & 0o777 == 0o600
+    assert not serves_users_as_written(server.users_folder)  # until the server restarts with it
+    wait_for(lambda: serves_users_as_written(server.users_folder)
+             and http_query(server, "SELECT currentDatabase()", "app_one_owner", "s3cret").strip() == "app_one",
+             "the new user never logged in")
+    assert server.pid != first_pid
+    assert "HTTP" in http_query(server, "SELECT 1", "app_one_owner", "wrong")
+    assert "Not enough privileges" in http_query(server, "SELECT count() FROM system.users", "app_one_owner", "s3cret")
+    remove_user(server.users_folder, "app_one_owner")
+    wait_for(lambda: serves_users_as_written(server.users_folder) and server.alive()
+             and "HTTP" in http_query(server, "SELECT 1", "app_one_owner", "s3cret"), "the removed user still logs in")
+    assert http_query(server, "SELECT 1").strip() == "1"
 
 
 def test_clickhouse_connect_async_client_talks_to_it(server: EmbeddedServer) -> None:
