@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _lock:
         while True:
             try:
                 await self.client.command(f"INSERT INTO {LOCK_TABLE} (beat) VALUES (now64(3))")
-            except DatabaseError:
+            except (DatabaseError, OperationalError):  # one missed beat; the next may land
                 log.warning("the migration lock's heartbeat failed", exc_info=True)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
