@@ -14,23 +14,31 @@ def test_statements_split_on_line_ending_semicolons() -> None:
     assert statements(sql) == ["CREATE TABLE a (x String DEFAULT ';') ENGINE = Memory", "SELECT 1"]
 
 
-def test_two_concurrent_starters_apply_each_migration_once(clickhouse_url: str) -> None:
+async def in_new_database(clickhouse_url: str, scenario):
+    """`scenario(url)`, the URL of a database of its own, dropped afterwards."""
     database = f"migrations_{uuid.uuid4().hex[:8]}"
-
-    async def scenario() -> tuple[list[list[str]], list[tuple[str, int]]]:
-        admin = await connect(clickhouse_url)
-        await admin.command(f"CREATE DATABASE {database}")
-        first = await connect(with_database(clickhouse_url, database))
-        second = await connect(with_database(clickhouse_url, database))
-        applied = await asyncio.gather(migrate(first), migrate(second))
-        counts = (await first.query("SELECT name, count() FROM _migrations GROUP BY name ORDER BY name")).result_rows
-        again = await migrate(first)
+    admin = await connect(clickhouse_url)
+    await admin.command(f"CREATE DATABASE {database}")
+    try:
+        return await scenario(with_database(clickhouse_url, database))
+    finally:
         await admin.command(f"DROP DATABASE {database}")
-        for client in (admin, first, second):
-            await client.close()
-        return [*applied, again], counts
+        await admin.close()
 
-    applied, counts = asyncio.run(scenario())
+
+def test_two_concurrent_starters_apply_each_migration_once(clickhouse_url: str) -> None:
+    async def scenario(url: str) -> tuple[list[list[str]], list[tuple[str, int]]]:
+        first, second = await connect(url), await connect(url)
+        try:
+            applied = await asyncio.gather(migrate(first), migrate(second))
+            counts = (await first.query("SELECT name, count() FROM _migrations GROUP BY name ORDER BY name")).result_rows
+            again = await migrate(first)
+            return [*applied, again], counts
+        finally:
+            await first.close()
+            await second.close()
+
+    applied, counts = asyncio.run(in_new_database(clickhouse_url, scenario))
     names = [path.name for path in migration_files()]
     assert sorted(applied[0] + applied[1]) == names
     assert applied[2] == []
@@ -41,18 +49,6 @@ def test_migration_files_are_numbered_uniquely() -> None:
     numbers = [path.name[:4] for path in migration_files()]
     assert len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
     assert all(isinstance(path, Path) for path in migration_files())
-
-
-async def in_new_database(clickhouse_url: str, scenario):
-    """`scenario(client, url)` against a database of its own, dropped afterwards."""
-    database = f"migrations_{uuid.uuid4().hex[:8]}"
-    admin = await connect(clickhouse_url)
-    await admin.command(f"CREATE DATABASE {database}")
-    try:
-        return await scenario(with_database(clickhouse_url, database))
-    finally:
-        await admin.command(f"DROP DATABASE {database}")
-        await admin.close()
 
 
 def test_a_migration_outlasting_the_stale_time_keeps_its_lock(

@@ -38,9 +38,9 @@ async def connect(url: str, **settings: object) -> AsyncClient:
 async def logs_in(url: str, user: str, password: str, database: str) -> bool:
     """Whether the server at `url` (no credentials in it) takes these credentials now."""
     parts = urlsplit(url)
+    with_credentials = parts._replace(netloc=f"{quote(user)}:{quote(password, safe='')}@{parts.netloc}").geturl()
     try:
-        client = await connect(parts._replace(netloc=f"{quote(user)}:{quote(password, safe='')}@{parts.netloc}",
-                                              path=f"/{database}").geturl())
+        client = await connect(with_database(with_credentials, database))
     except (DatabaseError, OperationalError):
         return False
     await client.close()

@@ -61,11 +61,17 @@ def write_user(folder: Path, user: str, password: str, database: str, grants: li
     statements = ET.SubElement(entry, "grants")
     for grant in grants:
         ET.SubElement(statements, "query").text = grant
-    temporary = folder / f".{user}.tmp"
+    _replace_file(folder / f"{user}.xml", ET.tostring(root))
+
+
+def _replace_file(path: Path, content: bytes) -> None:
+    """Written beside under a dot name (no `*.xml` a reader lists), readable by its owner only, then renamed
+    into place: a reader sees the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(ET.tostring(root))
-    os.replace(temporary, folder / f"{user}.xml")
+        handle.write(content)
+    os.replace(temporary, path)
 
 
 def remove_user(folder: Path, user: str) -> None:
@@ -262,9 +268,7 @@ def serve(etc_dir: str, data_dir: str) -> int:
     # Listed before the server reads them, so no change can fall between its reading and the first look.
     folder = Path(etc_dir) / USERS_FOLDER
     read = _user_files(folder)
-    temporary = folder.parent / f".{USERS_READ}.tmp"
-    temporary.write_text(json.dumps(read))
-    os.replace(temporary, folder.parent / USERS_READ)
+    _replace_file(folder.parent / USERS_READ, json.dumps(read).encode())
     threading.Thread(target=_exit_when_users_change, args=(folder, read), daemon=True).start()
     # chDB opens a session when imported; it must not read this server's config (its users need the
     # in-process address), so it is imported from a neutral directory.
