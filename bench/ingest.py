@@ -32,6 +32,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import clickhouse_connect
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,31 @@ def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
     for (partition,) in partitions:
         client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
     client.command("DROP TABLE events_stage")
+    number_customers(client)
+
+
+def customer_number(external_customer_id: str) -> int:
+    """The generated customers' numbers: 'cust-<n>' is n + 1, dense and unique as the API allots them."""
+    return int(external_customer_id.removeprefix("cust-")) + 1
+
+
+def number_generated_customers(server: EmbeddedServer, workspace: str, customers: int = 10_000) -> None:
+    """Record customer_number()'s numbers for the generated customers up front, so the API gives them the same
+    ones as the rows stored straight into ClickHouse carry."""
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.http_port, username="admin",
+                                           password=server.password("admin"))
+    client.command("INSERT INTO customer_numbers SELECT {w:UUID}, 'x:cust-' || toString(number), number + 1 "
+                   "FROM numbers({n:UInt32})", parameters={"w": workspace, "n": customers})
+    client.close()
+
+
+def number_customers(client) -> None:
+    """Record the numbers of customers whose events were stored straight into ClickHouse (customer_number set
+    as customer_number() says), as the API records those it allots."""
+    client.command(
+        "INSERT INTO customer_numbers SELECT workspace_id, customer_key, min(customer_number) FROM events "
+        "WHERE (workspace_id, customer_key) NOT IN (SELECT workspace_id, customer_key FROM customer_numbers) "
+        "GROUP BY workspace_id, customer_key")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -178,6 +204,7 @@ def straight_to_clickhouse(server: EmbeddedServer, workspace: str, events: list[
             "workspace_id": workspace, "id": str(uuid.uuid4()), "name": event["name"],
             "timestamp": event["timestamp"], "ingested_at": now, "source": "user",
             "customer_key": "x:" + event["external_customer_id"], "external_customer_id": event["external_customer_id"],
+            "customer_number": customer_number(event["external_customer_id"]),
             "external_id": "ch-" + event["external_id"], "dedup_key": "ch-" + event["external_id"],
             "root_id": str(uuid.uuid4()), "depth": 0, "metadata": json.dumps(meta),
             "num": {"status": meta["status"], "duration_ms": meta["duration_ms"], "_cost.amount": meta["_cost"]["amount"],
@@ -308,6 +335,7 @@ def main() -> None:
     api = Api(root / "api", server.url)
     try:
         workspace, token = workspace_token(api)
+        number_generated_customers(server, workspace)
         start = datetime.now(UTC) - timedelta(days=8)
         if args.prefill:
             print(f"prefilling {args.prefill:,} events ...", flush=True)

@@ -54,7 +54,7 @@ FIELDS = ["_cost.amount", "duration_ms"]
 # One INSERT ... SELECT per block, generated inside ClickHouse: the bench measures queries, not Python loops.
 # Timestamps grow with the row number (events arrive roughly in time order), with up to a minute of jitter.
 GENERATE_SQL = """
-INSERT INTO events (workspace_id, id, name, timestamp, ingested_at, source, customer_key, customer_id,
+INSERT INTO events (workspace_id, id, name, timestamp, ingested_at, source, customer_key, customer_number, customer_id,
                     external_customer_id, external_id, dedup_key, parent_id, root_id, depth, metadata, num, str, bool,
                     cost_amount, llm_total_tokens)
 WITH
@@ -68,7 +68,8 @@ WITH
     ['eu-west', 'us-east', 'ap-south'][1 + cityHash64(number, 10) % 3] AS region,
     1 + cityHash64(number, 11) % 4000 AS prompt,
     1 + cityHash64(number, 12) % 1000 AS completion,
-    'cust-' || toString(cityHash64(number, 5) % 10000) AS customer,
+    cityHash64(number, 5) % 10000 AS customer_index,
+    'cust-' || toString(customer_index) AS customer,
     -- File sharing as CONTRACT.md section 4 has it: about 8 consecutive events per share, half of them free.
     startsWith(name, 'file_share.') AS sharing,
     'sh-' || toString(intDiv(number, 8)) AS share,
@@ -88,6 +89,7 @@ SELECT
     now64(3) AS ingested_at,
     'user' AS source,
     'x:' || customer AS customer_key,
+    toUInt32(customer_index + 1) AS customer_number,
     NULL AS customer_id,
     customer AS external_customer_id,
     'bench-' || toString(number) AS external_id,

@@ -38,10 +38,10 @@ DAYS = 100
 BLOCK = 250_000  # an INSERT ... SELECT of this size stays well inside the client's 60 s timeout
 # One event per number: its fields are drawn from the bits of a hash of the number, so a run is reproducible.
 EVENTS_SQL = """
-INSERT INTO events (workspace_id, id, name, timestamp, ingested_at, source, customer_key, customer_id,
+INSERT INTO events (workspace_id, id, name, timestamp, ingested_at, source, customer_key, customer_number, customer_id,
                     external_customer_id, external_id, dedup_key, parent_id, root_id, depth, metadata, num, str, bool,
                     cost_amount, llm_total_tokens)
-SELECT {workspace:UUID}, id, name, ts, now64(3), 'user', 'x:' || customer, NULL, customer, key, key, NULL, id, 0,
+SELECT {workspace:UUID}, id, name, ts, now64(3), 'user', 'x:' || customer, customer_number, NULL, customer, key, key, NULL, id, 0,
        concat('{"status":', toString(status), ',"tier":"', tier, '","ok":', if(ok, 'true', 'false'),
               ',"tokens":', toString(tokens), ',"_cost":{"amount":', toString(cost), ',"currency":"usd"}',
               ',"_llm":{"vendor":"openai","model":"gpt-x","input_tokens":', toString(input),
@@ -55,7 +55,7 @@ FROM (
     SELECT generateUUIDv4(number) AS id, cityHash64(number) AS h, 'b-' || toString(number) AS key,
            {names:Array(String)}[1 + h % length({names:Array(String)})] AS name,
            fromUnixTimestamp64Milli(toInt64({now_ms:UInt64} - h % {span_ms:UInt64}), 'UTC') AS ts,
-           'cust-' || toString(bitShiftRight(h, 20) % {customers:UInt32}) AS customer,
+           bitShiftRight(h, 20) % {customers:UInt32} AS n, 'cust-' || toString(n) AS customer, toUInt32(n + 1) AS customer_number,
            [200, 200, 200, 404, 500][1 + bitShiftRight(h, 8) % 5] AS status,
            ['free', 'pro', 'enterprise'][1 + bitShiftRight(h, 12) % 3] AS tier,
            bitShiftRight(h, 16) % 4 != 0 AS ok,

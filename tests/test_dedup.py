@@ -1,4 +1,5 @@
-"""Exact dedup under concurrency, failure and crash: every acknowledged event stored exactly once."""
+"""Exact dedup under concurrency, failure and crash: every acknowledged event stored exactly once, and every
+customer given one number (app/customers/numbers.py), however many requests name it first at once."""
 
 import asyncio
 import random
@@ -68,19 +69,63 @@ def test_concurrent_requests_across_two_processes_store_each_key_once(
     assert set(counts) == set().union(*batches) and set(counts.values()) == {1}
 
 
-def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
-    async def alter(sql: str) -> None:
+def run_sql(clickhouse_url: str, sql: str, parameters: dict | None = None) -> list[tuple]:
+    async def query() -> list[tuple]:
         client = await connect(clickhouse_url)
         try:
-            await client.command(sql)
+            return list((await client.query(sql, parameters=parameters)).result_rows)
         finally:
             await client.close()
 
-    asyncio.run(alter("ALTER TABLE events ADD CONSTRAINT refuse_for_test CHECK 0 = 1"))
+    return asyncio.run(query())
+
+
+def alter(clickhouse_url: str, sql: str) -> None:
+    run_sql(clickhouse_url, sql)
+
+
+def test_customers_first_named_at_once_in_two_processes_get_one_number_each(
+    api: TestClient, two_processes: list[ApiProcess], clickhouse_url: str
+) -> None:
+    tenant = create_tenant(api)
+    customers = [f"cust-{i}" for i in range(300)]
+    rng = random.Random(11)
+    # 24 batches at once, half to each process, each naming a random third of the customers, all new.
+    batches = [[{"name": "numbering.test", "external_customer_id": customer} for customer in rng.sample(customers, 100)]
+               for _ in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda i: post(two_processes[i % 2].url, tenant, {"events": batches[i]}), range(24)))
+    numbers = run_sql(clickhouse_url, "SELECT customer_key, number FROM customer_numbers WHERE workspace_id = {w:UUID}",
+                      {"w": tenant.id})
+    # One number per customer, none shared, dense from 1.
+    assert sorted(key for key, _ in numbers) == sorted(f"x:{customer}" for customer in customers)
+    assert sorted(number for _, number in numbers) == list(range(1, len(customers) + 1))
+    stored = run_sql(clickhouse_url, "SELECT DISTINCT customer_key, customer_number FROM events WHERE workspace_id = {w:UUID}",
+                     {"w": tenant.id})
+    assert sorted(stored) == sorted(numbers)
+
+
+def test_a_refused_number_is_a_503_and_nothing_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
+    alter(clickhouse_url, "ALTER TABLE customer_numbers ADD CONSTRAINT refuse_for_test CHECK 0 = 1")
+    body = {"events": [{"name": "numbering.test", "external_customer_id": "new-customer", "external_id": "n1"}]}
+    try:
+        refused = api.post("/api/events/ingest", json=body, headers=tenant.headers)
+    finally:
+        alter(clickhouse_url, "ALTER TABLE customer_numbers DROP CONSTRAINT refuse_for_test")
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert "refuse_for_test" not in refused.text
+    assert stored_counts(clickhouse_url, tenant.id) == {}
+    assert api.post("/api/events/ingest", json=body, headers=tenant.headers).json() == {"inserted": 1, "duplicates": 0}
+    assert run_sql(clickhouse_url, "SELECT customer_number FROM events WHERE workspace_id = {w:UUID}",
+                   {"w": tenant.id}) == [(1,)]
+
+
+def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
+    alter(clickhouse_url, "ALTER TABLE events ADD CONSTRAINT refuse_for_test CHECK 0 = 1")
     try:
         refused = api.post("/api/events/ingest", json=batch(["r1", "r2"]), headers=tenant.headers)
     finally:
-        asyncio.run(alter("ALTER TABLE events DROP CONSTRAINT refuse_for_test"))
+        alter(clickhouse_url, "ALTER TABLE events DROP CONSTRAINT refuse_for_test")
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert "CONSTRAINT" not in refused.text and "refuse_for_test" not in refused.text
     retried = api.post("/api/events/ingest", json=batch(["r1", "r2"]), headers=tenant.headers)

@@ -21,10 +21,12 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
+from app.customers.numbers import CustomerNumbers
+from app.events.claims import LocalClaims
 from app.statistics import service
 from app.statistics.routes import SOURCE_HEADER, TOTALS_SOURCE_HEADER
 from app.warehouse.client import connect, with_database
-from app.warehouse.migrations import SCHEMA_DIR, migrate
+from app.warehouse.migrations import migrate, migration_files
 from tests.bruteforce import PERCENTILES, percentile_rank_ok, periods, timeseries
 from tests.conftest import Tenant, create_tenant
 
@@ -390,10 +392,11 @@ def test_hour_limit_is_exposed_and_inclusive(api: TestClient, tenant: Tenant) ->
 # --------------------------------------------------------------------------------------------------------------
 
 
-def event_row(workspace_id: uuid.UUID, event: dict[str, Any]) -> list[Any]:
-    """The columns the ingest route fills, for an event inserted straight into ClickHouse."""
+def event_row(workspace_id: uuid.UUID, event: dict[str, Any], numbers: dict[str, int] | None = None) -> list[Any]:
+    """The columns the ingest route fills, for an event inserted straight into ClickHouse: those of
+    EVENT_COLUMNS, and its customer's number after them when `numbers` is given."""
     metadata = event["metadata"]
-    numbers: dict[str, float] = {}
+    leaves: dict[str, float] = {}
     strings: dict[str, str] = {}
     booleans: dict[str, bool] = {}
 
@@ -404,17 +407,19 @@ def event_row(workspace_id: uuid.UUID, event: dict[str, Any]) -> list[Any]:
             elif isinstance(value, bool):
                 booleans[prefix + key] = value
             elif isinstance(value, (int, float, Decimal)):
-                numbers[prefix + key] = float(value)
+                leaves[prefix + key] = float(value)
             elif isinstance(value, str):
                 strings[prefix + key] = value
 
     walk(metadata, "")
     event_id = uuid.uuid4()
     cost = metadata.get("_cost", {}).get("amount", Decimal(0))
-    return [workspace_id, event_id, event["name"], datetime.fromisoformat(event["timestamp"]), datetime.now(UTC),
-            "user", f"x:{event['external_customer_id']}", None, event["external_customer_id"], event["external_id"],
-            event["external_id"], None, event_id, 0, ENCODER.encode(metadata).decode(), numbers, strings, booleans,
-            cost, metadata.get("_llm", {}).get("total_tokens", 0)]
+    key = f"x:{event['external_customer_id']}"
+    row = [workspace_id, event_id, event["name"], datetime.fromisoformat(event["timestamp"]), datetime.now(UTC),
+           "user", key, None, event["external_customer_id"], event["external_id"],
+           event["external_id"], None, event_id, 0, ENCODER.encode(metadata).decode(), leaves, strings, booleans,
+           cost, metadata.get("_llm", {}).get("total_tokens", 0)]
+    return row if numbers is None else [*row, numbers[key]]
 
 
 EVENT_COLUMNS = ["workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
@@ -434,8 +439,9 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
     database = f"backfill_{uuid.uuid4().hex[:8]}"
     workspace_id = uuid.uuid4()
     events = generate(21, 400)
-    for name in ("0001_auth.sql", "0002_events.sql"):
-        shutil.copy(SCHEMA_DIR / name, schema_copy / name)
+    first, later = migration_files()[:2], migration_files()[2:]
+    for path in first:
+        shutil.copy(path, schema_copy / path.name)
 
     async def scenario() -> list[tuple[str, dict[str, Any]]]:
         admin = await connect(clickhouse_url)
@@ -444,10 +450,15 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
         try:
             await migrate(client, schema_copy)
             await client.insert("events", [event_row(workspace_id, e) for e in events[:300]], column_names=EVENT_COLUMNS)
-            shutil.copy(SCHEMA_DIR / "0003_rollups.sql", schema_copy / "0003_rollups.sql")
-            assert await migrate(client, schema_copy) == ["0003_rollups.sql"]
-            # Events after the migration reach the rollups through the views.
-            await client.insert("events", [event_row(workspace_id, e) for e in events[300:]], column_names=EVENT_COLUMNS)
+            for path in later:
+                shutil.copy(path, schema_copy / path.name)
+            assert await migrate(client, schema_copy) == [path.name for path in later]
+            # Events after the migration reach the rollups through the views, with their customers' numbers:
+            # those of the customers numbered by the migration, and new ones.
+            keys = {f"x:{e['external_customer_id']}" for e in events[300:]}
+            numbers = await CustomerNumbers(client, LocalClaims()).of(workspace_id, keys)
+            await client.insert("events", [event_row(workspace_id, e, numbers) for e in events[300:]],
+                                column_names=[*EVENT_COLUMNS, "customer_number"])
             found = []
             for interval, zone in (("day", "UTC"), ("week", "Asia/Kolkata")):
                 span = service.time_range(START.isoformat(), END.isoformat(), interval, zone)

@@ -15,6 +15,7 @@ from app.warehouse.client import string_sets
 EVENT_INSERT_TYPES = {
     "workspace_id": "String", "id": "String", "name": "String", "timestamp": "DateTime64(3, 'UTC')",
     "ingested_at": "DateTime64(3, 'UTC')", "source": "String", "customer_key": "String",
+    "customer_number": "UInt32",
     "customer_id": "Nullable(String)", "external_customer_id": "Nullable(String)", "external_id": "Nullable(String)",
     "dedup_key": "String", "parent_id": "Nullable(String)", "root_id": "String", "depth": "UInt16",
     "metadata": "String", "num": "Map(String, Float64)", "str": "Map(String, String)", "bool": "Map(String, Bool)",

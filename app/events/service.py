@@ -15,6 +15,7 @@ import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.customers.queries import customers_by_reference
+from app.customers.numbers import CustomerNumbers
 from app.errors import StoreUnavailable, invalid
 from app.events import queries
 from app.events.claims import LocalClaims, RedisClaims
@@ -96,6 +97,7 @@ class EventStore:
     def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims, broker: Broker) -> None:
         self.client = client
         self.claims = claims
+        self.numbers = CustomerNumbers(client, claims)
         self.broker = broker
         self.pipeline: Coalescer[IngestJob, IngestResult] = Coalescer(
             self._process, lambda job: len(job.events), MAX_EVENTS_PER_ROUND, "ingest-pipeline", MIN_ROUND_SECONDS
@@ -134,10 +136,26 @@ class EventStore:
         lookups = dict(zip(workspaces, await asyncio.gather(
             *(self._lookup(workspace, [job for job in jobs if job.workspace_id == workspace]) for workspace in workspaces)
         ), strict=True))
-        outcomes: list[Prepared | Exception] = []
+        identified: list[tuple[IngestJob, dict[int, tuple]] | Exception] = []
         for job in jobs:
             try:
-                outcomes.append(_prepare(job, *lookups[job.workspace_id]))
+                identified.append((job, job.identities if job.identities is not None else
+                                   _identities(job.events, lookups[job.workspace_id][0])))
+            except BatchInvalid as error:
+                identified.append(error)
+        try:
+            numbers = await self._customer_numbers(identified)
+        except Exception as error:  # noqa: BLE001
+            log.warning("customer numbers unavailable: %s", error)
+            return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in identified]
+        outcomes: list[Prepared | Exception] = []
+        for outcome in identified:
+            if isinstance(outcome, Exception):
+                outcomes.append(outcome)
+                continue
+            job, identities = outcome
+            try:
+                outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id]))
             except BatchInvalid as error:
                 outcomes.append(error)
         prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
@@ -156,6 +174,17 @@ class EventStore:
                                for workspace, stored in published if self.broker.listened(workspace)))
         return [outcome if isinstance(outcome, Exception) else
                 IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
+
+    async def _customer_numbers(self, identified: list[tuple[IngestJob, dict[int, tuple]] | Exception]
+                                ) -> dict[UUID, dict[str, int]]:
+        """Per workspace, the number of every customer the valid jobs name (app/customers/numbers.py)."""
+        keys: dict[UUID, set[str]] = {}
+        for outcome in identified:
+            if not isinstance(outcome, Exception):
+                job, identities = outcome
+                keys.setdefault(job.workspace_id, set()).update(identity[0] for identity in identities.values())
+        found = await asyncio.gather(*(self.numbers.of(workspace, names) for workspace, names in keys.items()))
+        return dict(zip(keys, found, strict=True))
 
     async def _lookup(self, workspace_id: UUID, jobs: list[IngestJob]) -> tuple[list[tuple], dict[str, tuple]]:
         """The customers the jobs name and the stored events their external ids and parents name."""
@@ -190,8 +219,8 @@ def stream_items(stored: list[StoredEvent]) -> list[tuple[str, str, bytes]]:
     return [(event_id, event.name, msgspec.json.encode(event)) for event_id, event in zip(ids, stored, strict=True)]
 
 
-def _prepare(job: IngestJob, customers: list[tuple], known: dict[str, tuple]) -> Prepared:
-    identities = job.identities if job.identities is not None else _identities(job.events, customers)
+def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tuple], numbers: dict[str, int]
+             ) -> Prepared:
     fresh, duplicates = _split_duplicates(job.events, known)
     placed = _place_in_trees(fresh, known)
     # Stamped at the round, not at receipt: a listing pinned to a moment then misses only rows whose insert
@@ -200,7 +229,8 @@ def _prepare(job: IngestJob, customers: list[tuple], known: dict[str, tuple]) ->
     received_at = to_millisecond(job.received_at)
     stored = [_stored_event(item, placed[item.index], identities[item.index], received_at, ingested_at, job.source)
               for item in fresh]
-    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities, ingested_at), duplicates)
+    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities, numbers, ingested_at),
+                    duplicates)
 
 
 def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, tuple]:
@@ -310,11 +340,12 @@ def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: 
 
 
 def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEvent], identities: dict[int, tuple],
-             ingested_at: datetime) -> list[list[Any]]:
+             numbers: dict[str, int], ingested_at: datetime) -> list[list[Any]]:
     """The events table's rows, column by column and typed as EVENT_INSERT_TYPES says: clickhouse-connect
     takes columns without pivoting rows, and no list per row waits for the insert."""
     count = len(stored)
     ids = msgspec.to_builtins([event.id for event in stored])
+    keys = [identities[item.index][0] for item in fresh]
     return [
         [str(workspace_id)] * count,
         ids,
@@ -322,7 +353,8 @@ def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEve
         [(event.timestamp - EPOCH) // MILLISECOND for event in stored],
         [(ingested_at - EPOCH) // MILLISECOND] * count,
         [event.source for event in stored],
-        [identities[item.index][0] for item in fresh],
+        keys,
+        [numbers[key] for key in keys],
         msgspec.to_builtins([event.customer_id for event in stored]),
         [event.external_customer_id for event in stored],
         [event.external_id for event in stored],

@@ -126,8 +126,8 @@ def rollup_column(aggregate: Aggregate, params: Params) -> str:
         case Count(event, None):
             return f"sumIf(occurrences, name = {params.bind('n', event, 'String')})"
         case DistinctCustomers():
-            # uniqExact states merge into the exact count of the union.
-            return "uniqExactMerge(customers)"
+            # Bitmaps of customer numbers merge into the exact count of the union.
+            return "groupBitmapMerge(customers)"
         case Count(event, where) if where is not None:
             field = params.bind("path", where.path, "String")
             return f"sumIf(value_count, field = {field} AND name = {params.bind('n', event, 'String')}{_sign_condition(where)})"

@@ -103,7 +103,7 @@ def event_counts_sql(grains: Sequence[str], period: str, selection: Selection, w
         for grain in grains
     ]
     return (
-        "SELECT name, key, sum(occurrences), uniqExactMerge(customers) FROM ("
+        "SELECT name, key, sum(occurrences), groupBitmapMerge(customers) FROM ("
         + " UNION ALL ".join(parts)
         + ")" + _group_by("name", with_totals)
     )

@@ -19,6 +19,7 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 LOCK_TABLE = "_migrations_lock"
 HEARTBEAT_SECONDS = 5.0
 STALE_LOCK_SECONDS = 60.0
+DATABASE_PARAMETER = "{database:String}"
 
 
 def migration_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
@@ -45,11 +46,17 @@ async def migrate(client: AsyncClient, schema_dir: Path = SCHEMA_DIR, timeout: f
             if path.name in done:
                 continue
             for statement in statements(path.read_text()):
-                await client.command(statement)
+                await client.command(statement, parameters=_bound(statement, client.database))
             await client.insert("_migrations", [[path.name]], column_names=["name"])
             log.info("applied migration %s", path.name)
             applied.append(path.name)
         return applied
+
+
+def _bound(statement: str, database: str) -> dict[str, str] | None:
+    """A statement may name the migrated database as {database:String}: inside a mutation ClickHouse resolves
+    no default database, so a table it reads there must be named in full."""
+    return {"database": database} if DATABASE_PARAMETER in statement else None
 
 
 class _lock:
