@@ -14,8 +14,8 @@ from uuid import UUID
 import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
-from app.customers.queries import customers_by_reference
 from app.customers.numbers import CustomerNumbers
+from app.customers.queries import customers_by_reference
 from app.errors import StoreUnavailable, invalid
 from app.events import queries
 from app.events.claims import LocalClaims, RedisClaims
@@ -136,13 +136,7 @@ class EventStore:
         lookups = dict(zip(workspaces, await asyncio.gather(
             *(self._lookup(workspace, [job for job in jobs if job.workspace_id == workspace]) for workspace in workspaces)
         ), strict=True))
-        identified: list[tuple[IngestJob, dict[int, tuple]] | Exception] = []
-        for job in jobs:
-            try:
-                identified.append((job, job.identities if job.identities is not None else
-                                   _identities(job.events, lookups[job.workspace_id][0])))
-            except BatchInvalid as error:
-                identified.append(error)
+        identified = [_identified(job, lookups[job.workspace_id][0]) for job in jobs]
         try:
             numbers = await self._customer_numbers(identified)
         except Exception as error:  # noqa: BLE001
@@ -217,6 +211,13 @@ def stream_items(stored: list[StoredEvent]) -> list[tuple[str, str, bytes]]:
     one call (str() of a UUID is Python code)."""
     ids = msgspec.to_builtins([event.id for event in stored])
     return [(event_id, event.name, msgspec.json.encode(event)) for event_id, event in zip(ids, stored, strict=True)]
+
+
+def _identified(job: IngestJob, customers: list[tuple]) -> tuple[IngestJob, dict[int, tuple]] | BatchInvalid:
+    try:
+        return job, job.identities if job.identities is not None else _identities(job.events, customers)
+    except BatchInvalid as error:
+        return error
 
 
 def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tuple], numbers: dict[str, int]
