@@ -20,10 +20,22 @@ ORDER BY (workspace_id, customer_key);
 
 ALTER TABLE events ADD COLUMN IF NOT EXISTS customer_number UInt32 AFTER customer_key;
 
+-- One number per customer identity: a customer's events sent by id before it had an external id ('c:<id>')
+-- and those under its external id ('x:<external id>') share one.
 INSERT INTO customer_numbers
-SELECT workspace_id, customer_key,
-       toUInt32(row_number() OVER (PARTITION BY workspace_id ORDER BY first_seen, customer_key))
-FROM (SELECT workspace_id, customer_key, min(timestamp) AS first_seen FROM events GROUP BY workspace_id, customer_key);
+SELECT workspace_id, customer_key, toUInt32(dense_rank() OVER (PARTITION BY workspace_id ORDER BY identity_seen, identity))
+FROM (
+    SELECT workspace_id, customer_key, identity, min(first_seen) OVER (PARTITION BY workspace_id, identity) AS identity_seen
+    FROM (
+        SELECT k.workspace_id AS workspace_id, k.customer_key AS customer_key, k.first_seen AS first_seen,
+               if(c.external_id IS NULL, k.customer_key, 'x:' || assumeNotNull(c.external_id)) AS identity
+        FROM (SELECT workspace_id, customer_key, min(timestamp) AS first_seen FROM events
+              GROUP BY workspace_id, customer_key) AS k
+        LEFT JOIN (SELECT workspace_id, 'c:' || toString(id) AS key, external_id FROM customers FINAL
+                   WHERE NOT deleted AND external_id IS NOT NULL) AS c
+        ON c.workspace_id = k.workspace_id AND c.key = k.customer_key
+    )
+);
 
 -- A mutation resolves no default database: the lookup table is named with the migrated database, which the
 -- migration runner binds as {database:String}.

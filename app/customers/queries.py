@@ -79,6 +79,21 @@ async def customer_numbers(client: AsyncClient, workspace_id: UUID, keys: list[s
     return dict(result.result_rows)
 
 
+async def numbers_by_customer_id(client: AsyncClient, workspace_id: UUID, external_ids: list[str]) -> dict[str, int]:
+    """For the live customers with these external ids whose events, sent by id before they had one, are
+    numbered: 'x:<external id>' -> that number."""
+    result = await client.query(
+        "SELECT 'x:' || assumeNotNull(c.external_id), min(n.number) FROM customer_numbers AS n "
+        "INNER JOIN (SELECT id, external_id FROM customers FINAL WHERE workspace_id = {workspace:UUID} "
+        "            AND NOT deleted AND external_id IN (SELECT value FROM wanted)) AS c "
+        "ON n.customer_key = 'c:' || toString(c.id) "
+        "WHERE n.workspace_id = {workspace:UUID} GROUP BY c.external_id",
+        parameters={"workspace": workspace_id},
+        external_data=string_sets(wanted=external_ids),
+    )
+    return dict(result.result_rows)
+
+
 async def highest_customer_number(client: AsyncClient, workspace_id: UUID) -> int:
     result = await client.query(
         "SELECT max(number) FROM customer_numbers WHERE workspace_id = {workspace:UUID}",

@@ -8,10 +8,10 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from app.auth.service import WorkspaceAccess
-from app.customers.queries import customer_row
+from app.customers.service import identity_keys
 from app.events import queries, service
 from app.events.schemas import EventPage, EventType, EventTypePatch, IngestResult, StoredEvent
-from app.events.service import Cursor, EventStore, customer_key, event_type_id
+from app.events.service import Cursor, EventStore, event_type_id
 from app.events.validation import read_body, split_events, validate_events
 from app.pagination import decode_cursor, encode_cursor
 
@@ -87,17 +87,11 @@ class EventTypeController(Controller):
 async def _customer_keys(
     client: AsyncClient, workspace_id: UUID, customer_id: UUID | None, external_customer_id: str | None
 ) -> list[str] | None:
-    """The identity keys a customer filter stands for (a customer's events under its id and external id)."""
-    keys = []
-    if customer_id is not None:
-        # Its events sent by id before it had an external id are keyed by its id.
-        row = await customer_row(client, workspace_id, str(customer_id))
-        keys.append(customer_key(customer_id, None))
-        if row is not None and row[1] is not None:
-            keys.append(customer_key(None, row[1]))
-    if external_customer_id is not None:
-        keys.append(customer_key(None, external_customer_id))
-    return keys if (customer_id is not None or external_customer_id is not None) else None
+    """The identity keys a customer filter stands for; None for no filter."""
+    if customer_id is None and external_customer_id is None:
+        return None
+    return await identity_keys(client, workspace_id, [customer_id] if customer_id is not None else [],
+                               [external_customer_id] if external_customer_id is not None else [])
 
 
 async def _parent(client: AsyncClient, workspace_id: UUID, reference: str) -> UUID:

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.customers.numbers import CustomerNumbers
 from app.customers.queries import customers_by_reference
+from app.customers.service import customer_key
 from app.errors import StoreUnavailable, invalid
 from app.events import queries
 from app.events.claims import LocalClaims, RedisClaims
@@ -41,11 +42,6 @@ UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
 INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
-
-
-def customer_key(customer_id: UUID | None, external_id: str | None) -> str:
-    """One identity per customer: its external id once it has one, else its id."""
-    return f"x:{external_id}" if external_id is not None else f"c:{customer_id}"
 
 
 def event_type_id(workspace_id: UUID, name: str) -> UUID:

@@ -84,7 +84,7 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
             name = params.bind("n", event, "String")
             return f"sumIf(num[{leaf}], name = {name}{_condition(where, params)})"
         case DistinctCustomers():
-            return "uniqExact(customer_key)"
+            return "uniqExact(customer_number)"
         case Cost():
             return "sum(cost_amount)"
         case Converted(event, payment, where):

@@ -140,7 +140,7 @@ def _raw_filter(selection: Selection) -> str:
 
 def raw_event_counts_sql(period: str, selection: Selection, with_totals: bool = False) -> str:
     return (
-        f"SELECT name, {period_key_sql(period, 'timestamp')} AS key, count(), uniqExact(customer_key) "
+        f"SELECT name, {period_key_sql(period, 'timestamp')} AS key, count(), uniqExact(customer_number) "
         f"FROM events WHERE {_raw_filter(selection)}" + _group_by("name", with_totals)
     )
 
@@ -181,16 +181,3 @@ async def field_values(
         (field, name, key): (count, total, exact, list(quantiles))
         for field, name, key, count, total, exact, quantiles in result.result_rows
     }
-
-
-async def customer_external_ids(
-    client: AsyncClient, workspace_id: UUID, customer_ids: Sequence[UUID]
-) -> dict[UUID, str | None]:
-    """The external id of each of these customers of the workspace (None when it has none)."""
-    result = await client.query(
-        "SELECT id, argMax(external_id, version) FROM customers "
-        "WHERE workspace_id = {ws:UUID} AND id IN {ids:Array(UUID)} GROUP BY id",
-        parameters={"ws": workspace_id, "ids": list(customer_ids)},
-    )
-    return {row[0]: row[1] for row in result.result_rows}
-

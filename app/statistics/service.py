@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from clickhouse_connect.driver.asyncclient import AsyncClient
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from app.customers.service import identity_keys
 from app.errors import invalid
 from app.statistics import queries
 from app.statistics.queries import COST_FIELD, EventCounts, FieldValues, Selection
@@ -294,13 +295,7 @@ async def customer_filter(
     external_ids = external_id_list(external_customer_id)
     if customer_ids is None and external_ids is None:
         return None, None
-    keys = [f"x:{external_id}" for external_id in external_ids or []]
-    if customer_ids:
-        known = await queries.customer_external_ids(client, workspace_id, customer_ids)
-        for customer_id in customer_ids:
-            keys.append(f"c:{customer_id}")
-            if known.get(customer_id):
-                keys.append(f"x:{known[customer_id]}")
+    keys = await identity_keys(client, workspace_id, customer_ids or [], external_ids or [])
     return keys, customer_ids or []
 
 

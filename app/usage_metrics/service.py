@@ -12,9 +12,9 @@ from clickhouse_connect.driver.asyncclient import AsyncClient
 from litestar.exceptions import NotFoundException
 
 from app.customers.queries import customer_row
+from app.customers.service import customer_key
 from app.customers.schemas import Customer
 from app.errors import invalid
-from app.events.service import customer_key
 from app.pagination import decode_cursor, encode_cursor
 from app.usage_metrics import queries
 from app.usage_metrics.queries import CUSTOMER_ORDERS, MetricSql
