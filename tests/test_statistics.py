@@ -459,6 +459,9 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             numbers = await CustomerNumbers(client, LocalClaims()).of(workspace_id, keys)
             await client.insert("events", [event_row(workspace_id, e, numbers) for e in events[300:]],
                                 column_names=[*EVENT_COLUMNS, "customer_number"])
+            # The listing's table (0009) holds both: the backfilled events and those written since.
+            listed = await client.query("SELECT count(), uniqExact(id) FROM events_by_time")
+            assert listed.result_rows == [(len(events), len(events))]
             found = []
             for interval, zone in (("day", "UTC"), ("week", "Asia/Kolkata")):
                 span = service.time_range(START.isoformat(), END.isoformat(), interval, zone)

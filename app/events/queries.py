@@ -80,7 +80,8 @@ async def event_page(
     client: AsyncClient, workspace_id: UUID, where: EventFilter, descending: bool,
     after: tuple[datetime, UUID] | None, as_of: datetime, take: int,
 ) -> list[tuple]:
-    """One page of events in (timestamp, id) order, after the keyset position, as of a moment of ingestion."""
+    """One page of events in (timestamp, id) order, after the keyset position, as of a moment of ingestion; from
+    events_by_time, the events in that order (schema/0009)."""
     direction = "DESC" if descending else "ASC"
     keyset = ""
     parameters = {**where.parameters, "workspace": workspace_id, "as_of": as_of, "take": take}
@@ -88,7 +89,7 @@ async def event_page(
         keyset = f"AND (timestamp, id) {'<' if descending else '>'} ({{after_ts:DateTime64(3, 'UTC')}}, {{after_id:UUID}})"
         parameters.update(after_ts=after[0], after_id=after[1])
     result = await client.query(
-        f"SELECT {OUTPUT_COLUMNS} FROM events WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
+        f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
         f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}} {keyset} "
         f"ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",
         parameters=parameters,
