@@ -53,6 +53,12 @@ def post(url: str, tenant: Tenant, body: dict) -> dict:
     return response.json()
 
 
+def post_at_once(processes: list[ApiProcess], tenant: Tenant, bodies: list[dict]) -> list[dict]:
+    """Each body from its own thread, in turn to each process."""
+    with ThreadPoolExecutor(12) as pool:
+        return list(pool.map(lambda i: post(processes[i % len(processes)].url, tenant, bodies[i]), range(len(bodies))))
+
+
 def test_concurrent_requests_across_two_processes_store_each_key_once(
     api: TestClient, two_processes: list[ApiProcess], clickhouse_url: str
 ) -> None:
@@ -61,8 +67,7 @@ def test_concurrent_requests_across_two_processes_store_each_key_once(
     rng = random.Random(7)
     # 24 overlapping batches, each a random half of the keys, sent at once half to each process.
     batches = [rng.sample(keys, 300) for _ in range(24)]
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda i: post(two_processes[i % 2].url, tenant, batch(batches[i])), range(24)))
+    answers = post_at_once(two_processes, tenant, [batch(keys) for keys in batches])
     assert sum(answer["inserted"] for answer in answers) == len(set().union(*batches))
     assert sum(answer["inserted"] + answer["duplicates"] for answer in answers) == 24 * 300
     counts = stored_counts(clickhouse_url, tenant.id)
@@ -93,8 +98,7 @@ def test_customers_first_named_at_once_in_two_processes_get_one_number_each(
     # 24 batches at once, half to each process, each naming a random third of the customers, all new.
     batches = [[{"name": "numbering.test", "external_customer_id": customer} for customer in rng.sample(customers, 100)]
                for _ in range(24)]
-    with ThreadPoolExecutor(12) as pool:
-        list(pool.map(lambda i: post(two_processes[i % 2].url, tenant, {"events": batches[i]}), range(24)))
+    post_at_once(two_processes, tenant, [{"events": events} for events in batches])
     numbers = run_sql(clickhouse_url, "SELECT customer_key, number FROM customer_numbers WHERE workspace_id = {w:UUID}",
                       {"w": tenant.id})
     # One number per customer, none shared, dense from 1.
