@@ -111,6 +111,11 @@ class Subscription:
     def ended(self) -> bool:
         return self._ended
 
+    @property
+    def buffered(self) -> int:
+        """Items ready to be taken without waiting: a consumer may take them all before writing once."""
+        return len(self._buffer)
+
     async def ready(self) -> None:
         """Return once the subscription is live everywhere (Redis SUBSCRIBE confirmed).
 

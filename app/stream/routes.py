@@ -111,21 +111,16 @@ def frame_cache(state: State) -> FrameCache:
     return cache
 
 
-def _has_buffered(sub: Subscription) -> bool:
-    # The broker's Subscription yields one item per await; peeking at its backlog lets a stream write everything
-    # already there in one chunk instead of waking up and writing once per event.
-    return bool(sub._buffer)
-
-
 async def _take(sub: Subscription, timeout: float) -> list[StreamItem] | None:
-    """Every item ready now, waiting up to `timeout` for the first: [] if none came, None if the stream ended."""
+    """Every item ready now, waiting up to `timeout` for the first: [] if none came, None if the stream ended.
+    Taking all that is ready lets a stream write them in one chunk instead of once per event."""
     try:
-        if _has_buffered(sub):
+        if sub.buffered:
             items = [await anext(sub)]
         else:
             async with asyncio.timeout(timeout):
                 items = [await anext(sub)]
-        while len(items) < MAX_FRAMES_PER_CHUNK and _has_buffered(sub):
+        while len(items) < MAX_FRAMES_PER_CHUNK and sub.buffered:
             items.append(await anext(sub))
     except TimeoutError:
         return []
@@ -184,7 +179,7 @@ class _Live:
         # in the old one's backlog, everything after goes to the new one, so nothing is lost or sent twice.
         old, self._sub = self.sub, self.broker.subscribe(sorted(wanted), self.names)
         held = []
-        while _has_buffered(old):
+        while old.buffered:
             held.append(await anext(old))
         await old.close()
         return held, True
