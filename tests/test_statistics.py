@@ -462,6 +462,12 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             # The listing's table (0009) holds both: the backfilled events and those written since.
             listed = await client.query("SELECT count(), uniqExact(id) FROM events_by_time")
             assert listed.result_rows == [(len(events), len(events))]
+            # So does the customers' table (0010), each customer's events under its key.
+            per_customer = ("SELECT customer_key, count(), sum(llm_total_tokens) FROM {table} "
+                            "GROUP BY customer_key ORDER BY customer_key")
+            by_customer = (await client.query(per_customer.format(table="events_by_customer"))).result_rows
+            assert by_customer == (await client.query(per_customer.format(table="events"))).result_rows
+            assert sum(row[1] for row in by_customer) == len(events)
             found = []
             for interval, zone in (("day", "UTC"), ("week", "Asia/Kolkata")):
                 span = service.time_range(START.isoformat(), END.isoformat(), interval, zone)

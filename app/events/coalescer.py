@@ -3,7 +3,7 @@
 Under light load a job runs at once. Under load each round takes all the jobs that arrived meanwhile, so small
 batches from many producers share lookups and one insert; and when jobs are already waiting as a round ends, the
 next starts no sooner than `min_interval` after it began, so it gathers more of them: ClickHouse pays for each
-insert (a part in the table, its projection and each rollup, all merged later) more than for its rows.
+insert (a part in the table and in each view's table, all merged later) more than for its rows.
 """
 
 import asyncio

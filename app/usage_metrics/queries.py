@@ -106,7 +106,7 @@ async def insert_metric_version(client: AsyncClient, workspace_id: UUID, row: Se
 async def customer_key_seen(client: AsyncClient, workspace_id: UUID, key: str) -> bool:
     """Whether any event names this customer key: events may name an external id no customer has yet."""
     result = await client.query(
-        "SELECT count() FROM (SELECT 1 FROM events WHERE workspace_id = {workspace:UUID} "
+        "SELECT count() FROM (SELECT 1 FROM events_by_customer WHERE workspace_id = {workspace:UUID} "
         "AND customer_key = {key:String} LIMIT 1)",
         parameters={"workspace": workspace_id, "key": key},
     )
@@ -119,8 +119,8 @@ async def customer_metric_days(
 ) -> dict[date, list[int | float]]:
     """Per UTC day: for each metric, its value inside (current, previous) windows, [2i] and [2i + 1].
 
-    One scan for every metric of one customer; `windows[i]` is (start of the previous span, start of the
-    current one), both ending at `now`.
+    One read of the customer's events (events_by_customer, schema/0010) for every metric; `windows[i]` is
+    (start of the previous span, start of the current one), both ending at `now`.
     """
     columns, parameters = [], {}
     for metric, (previous_start, current_start) in zip(metrics, windows, strict=True):
@@ -129,7 +129,7 @@ async def customer_metric_days(
         columns.append(metric.aggregate(f"timestamp < {{{p}current:{TS}}} AND timestamp >= {{{p}previous:{TS}}}"))
         parameters.update(metric.parameters, **{f"{p}current": current_start, f"{p}previous": previous_start})
     result = await client.query(
-        f"SELECT toDate(timestamp) AS day, {', '.join(columns)} FROM events "
+        f"SELECT toDate(timestamp) AS day, {', '.join(columns)} FROM events_by_customer "
         "WHERE workspace_id = {workspace:UUID} AND customer_key IN {keys:Array(String)} "
         "AND name IN {all_names:Array(String)} "
         f"AND timestamp >= {{earliest:{TS}}} AND timestamp < {{now:{TS}}} GROUP BY day",
