@@ -468,6 +468,13 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             by_customer = (await client.query(per_customer.format(table="events_by_customer"))).result_rows
             assert by_customer == (await client.query(per_customer.format(table="events"))).result_rows
             assert sum(row[1] for row in by_customer) == len(events)
+            # And the customers' usage cells (0011): each event once in cells of every size.
+            cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
+                     "FROM customer_usage GROUP BY ALL ORDER BY ALL")
+            per_name = ("SELECT customer_key, name, count(), sum(cost_amount), sum(llm_total_tokens) FROM events "
+                        "GROUP BY ALL ORDER BY ALL")
+            expected = (await client.query(per_name)).result_rows
+            assert (await client.query(cells)).result_rows == [(days, *row) for days in (1, 7, 28) for row in expected]
             found = []
             for interval, zone in (("day", "UTC"), ("week", "Asia/Kolkata")):
                 span = service.time_range(START.isoformat(), END.isoformat(), interval, zone)

@@ -1,22 +1,31 @@
 """CONTRACT.md section 6: customer usage metrics, their definitions and their values per customer and in the
 customer list, compared with a brute-force computation over the events the test sent."""
 
+import asyncio
 import math
 import operator
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
+from app.usage_metrics import queries, service
+from app.usage_metrics.queries import MetricSql
+from app.usage_metrics.schemas import UsageMetric, UsageMetricCreate
+from app.warehouse.client import connect
 from tests.bruteforce import numeric_at
 from tests.conftest import Tenant, all_pages, bearer, create_tenant
 from tests.test_usage import clickhouse_uuid_order, event, ingest, midnight, parse
 
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 NAMES = ("api_call", "api_request", "login", "upload")
 # Events keep 30 minutes away from every window edge (now - k days), so the server's `now`, a few seconds
 # after the test's, puts each event in the same window as the brute force does.
@@ -363,6 +372,81 @@ def test_customer_list_pages_stay_consistent_while_events_arrive(api: TestClient
     expected = expected_column(small, small.metrics[1], "usage_metric", datetime.now(UTC))
     fresh = list_pages(api, tenant, {"usage_metric": small.metrics[1]["id"], "sort": "usage_metric"}, take=100)
     assert [(item["id"], item["usage_metric"]["value"]) for item in fresh] == approx(expected)
+
+
+CELL_METRICS = [  # counts and sums of typed leaves over names alone: the customer list reads customer_usage
+    {"name": "calls", "match_events": [{"name": "api_call"}, {"name": "api_request"}]},
+    {"name": "cost", "calculation": "sum", "property": "_cost.amount", "match_events": [{"name": "api_call"}]},
+    {"name": "tokens", "calculation": "sum", "property": "_llm.total_tokens", "match_events": [{"name": "upload"}]},
+]
+
+
+def compiled(definition: dict, interval_days: int = 30) -> MetricSql:
+    """A definition as the API stores it, compiled to its SQL."""
+    data = msgspec.convert({"name": "m", "interval_days": interval_days, **definition}, UsageMetricCreate)
+    now = datetime.now(UTC)
+    return service.compile_metric(UsageMetric(id=uuid.uuid4(), created_at=now, updated_at=now,
+                                              **msgspec.structs.asdict(data)), "m_")
+
+
+def test_only_counts_and_typed_sums_over_names_read_cells() -> None:
+    assert [compiled(definition).cell_column for definition in CELL_METRICS] == [
+        "events", "cost_amount", "llm_total_tokens"]
+    assert compiled({**CELL_METRICS[1], "property": "tokens"}).cell_column is None
+    filtered = {**CELL_METRICS[0], "filters": [{"property": "status", "operator": "eq", "value": 200}]}
+    assert compiled(filtered).cell_column is None
+
+
+@pytest.mark.parametrize("interval_days", [7, 30, 90])
+def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient, tenant: Tenant,
+                                                      interval_days: int) -> None:
+    """Events on every edge the cells have (the window's start, each cell boundary after it, its end), events
+    after its end (up to the 5 minutes the contract allows) and events ingested after `as_of` with timestamps
+    inside the window: both sources give the brute force's value for every customer, to the unit."""
+    rng = random.Random(interval_days)
+    customers = [create_customer(api, tenant, external_id=f"cell-{index}") for index in range(6)]
+    as_of = service.utc_now() + timedelta(seconds=2)
+    start = as_of - interval_days * DAY
+    edges = [start, as_of] + [midnight(day) for day in queries.cell_boundaries(start)]
+    moments = [edge + shift for edge in edges for shift in (-timedelta(milliseconds=1), timedelta(0), HOUR)]
+    moments += [start + (as_of - start) * rng.random() for _ in range(300)] + [start - DAY] + [as_of + k * timedelta(seconds=20) for k in range(9)]
+
+    def usage(when: datetime) -> dict:
+        metadata = {"_cost": {"amount": round(rng.uniform(0, 2), 6), "currency": "usd"},
+                    "_llm": {"vendor": "openai", "model": "gpt-x", "input_tokens": rng.randint(0, 4000),
+                             "output_tokens": rng.randint(0, 1000)}}
+        metadata["_llm"]["total_tokens"] = metadata["_llm"]["input_tokens"] + metadata["_llm"]["output_tokens"]
+        return event(rng.choice(NAMES), when, metadata, customer=rng.choice(customers)["external_id"])
+
+    stored = [usage(when) for when in moments if when <= datetime.now(UTC) + timedelta(minutes=4)]
+    ingest(api, tenant, stored)
+    while datetime.now(UTC) <= as_of:
+        time.sleep(0.05)
+    ingest(api, tenant, [usage(start + (as_of - start) * rng.random()) for _ in range(40)])  # after as_of
+
+    def brute_force(definition: dict) -> dict[str, Any]:
+        names = {matcher["name"] for matcher in definition["match_events"]}
+        values: dict[str, Any] = {customer["id"]: 0 for customer in customers}
+        for item in stored:
+            if item["name"] in names and start <= item["_when"] < as_of:
+                owner = next(c["id"] for c in customers if c["external_id"] == item["external_customer_id"])
+                leaf_value = leaf(item["metadata"], definition.get("property", "")) if "property" in definition else 1
+                values[owner] += Decimal(str(leaf_value))
+        return {owner: float(value) for owner, value in values.items()}
+
+    async def values(definition: dict, from_cells: bool) -> dict[str, float]:
+        client = await connect(settings.clickhouse_url)
+        try:
+            rows = await queries.customers_with_value(client, uuid.UUID(tenant.id), compiled(definition, interval_days),
+                                                      start, as_of, None, None, 100, from_cells=from_cells)
+        finally:
+            await client.close()
+        return {str(row[0]): row[8] for row in rows}
+
+    for definition in CELL_METRICS:
+        expected = brute_force(definition)
+        assert asyncio.run(values(definition, from_cells=True)) == expected, definition["name"]
+        assert asyncio.run(values(definition, from_cells=False)) == expected, definition["name"]
 
 
 # Definitions ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ with property paths and values as bound parameters: the SQL text is built from c
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +28,9 @@ CUSTOMER_ORDERS = {
     ),
 }
 TS = "DateTime64(3, 'UTC')"
+# The cell sizes of customer_usage (schema/0011), finest first, each a whole number of the one before.
+CELL_DAYS = (1, 7, 28)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Leaves the store also keeps in typed columns of their own: summed from those without reading the maps, and
 # `_cost.amount` exactly, as a decimal.
 TYPED_LEAVES = {"_llm.total_tokens": "llm_total_tokens", "_cost.amount": "cost_amount"}
@@ -73,6 +76,14 @@ class MetricSql:
                      f"{column}[{{{key}:String}}] {COMPARISONS[operator]} {{{bound}:{kind}}})")
         self.conditions.append(f"NOT {condition}" if operator == "ne" else condition)
         self.parameters.update({key: path, bound: value})
+
+    @property
+    def cell_column(self) -> str | None:
+        """The column of customer_usage (schema/0011) that adds up to this metric, if one does: a count or a sum of
+        a typed leaf, over event names alone."""
+        if len(self.conditions) > 1:
+            return None
+        return "events" if self.sum_path is None else TYPED_LEAVES.get(self.sum_path)
 
     @property
     def condition(self) -> str:
@@ -142,12 +153,60 @@ async def customer_metric_days(
     return {row[0]: list(row[1:]) for row in result.result_rows}
 
 
+def cell_boundaries(start: datetime) -> list[date]:
+    """For each size of CELL_DAYS, the first cell boundary at or after the one before (the first: after `start`):
+    a window from `start` reads raw events up to the first, then cells of each size up to the next boundary."""
+    boundaries, edge = [], start
+    for days in CELL_DAYS:
+        size = timedelta(days=days)
+        edge = EPOCH - (EPOCH - edge) // size * size
+        boundaries.append(edge.date())
+    return boundaries
+
+
+def values_from_events(metric: MetricSql) -> str:
+    """Per customer key, the metric over [start, as_of) from the events ingested by `as_of`."""
+    return (
+        f"SELECT customer_key, toFloat64({metric.aggregate('1')}) AS value FROM events "
+        f"WHERE workspace_id = {{workspace:UUID}} AND name IN {{{metric.prefix}names:Array(String)}} "
+        f"AND timestamp >= {{start:{TS}}} AND timestamp < {{as_of:{TS}}} AND ingested_at <= {{as_of:{TS}}} "
+        "GROUP BY customer_key"
+    )
+
+
+def values_from_cells(metric: MetricSql) -> str:
+    """The same as values_from_events, from customer_usage: the cells from the first boundary after `start` on
+    (cell_boundaries, as parameters c1, c7 and c28), plus the raw events before it, minus the cells' events at
+    or after `as_of` and those ingested after it. Summed in the column's own type (exact decimals for cost)."""
+    column = metric.cell_column
+    kind = "Decimal128(12)" if column == "cost_amount" else "Int64"
+    each = "1" if column == "events" else column
+    events = f"FROM events WHERE workspace_id = {{workspace:UUID}} AND name IN {{{metric.prefix}names:Array(String)}}"
+    return (
+        "SELECT customer_key, toFloat64(sum(part)) AS value FROM ("
+        f"  SELECT customer_key, CAST(sum({column}) AS {kind}) AS part FROM customer_usage "
+        f"  WHERE workspace_id = {{workspace:UUID}} AND name IN {{{metric.prefix}names:Array(String)}} "
+        "  AND ((days = 1 AND bucket >= {c1:Date} AND bucket < {c7:Date}) "
+        "    OR (days = 7 AND bucket >= {c7:Date} AND bucket < {c28:Date}) OR (days = 28 AND bucket >= {c28:Date})) "
+        "  GROUP BY customer_key"
+        "  UNION ALL"
+        f"  SELECT customer_key, CAST(sum(if(timestamp < {{as_of:{TS}}}, 1, -1) * {each}) AS {kind}) {events} "
+        f"  AND ((timestamp >= {{start:{TS}}} AND timestamp < {{c1_at:{TS}}} AND ingested_at <= {{as_of:{TS}}}) "
+        f"    OR timestamp >= {{as_of:{TS}}}) GROUP BY customer_key"
+        "  UNION ALL"
+        f"  SELECT customer_key, CAST(-sum({each}) AS {kind}) {events} AND timestamp >= {{c1_at:{TS}}} "
+        f"  AND timestamp < {{as_of:{TS}}} AND ingested_at > {{as_of:{TS}}} GROUP BY customer_key"
+        ") GROUP BY customer_key"
+    )
+
+
 async def customers_with_value(
     client: AsyncClient, workspace_id: UUID, metric: MetricSql, start: datetime, as_of: datetime,
-    sort: str | None, after: tuple[float, datetime, UUID] | None, take: int,
+    sort: str | None, after: tuple[float, datetime, UUID] | None, take: int, from_cells: bool,
 ) -> list[tuple]:
     """Live customers created by `as_of` with the metric over [start, as_of) from the events ingested by then,
-    as rows of app.customers.queries.CUSTOMER_COLUMNS plus (raw, e, value), keyset-paged in the order of `sort`.
+    as rows of app.customers.queries.CUSTOMER_COLUMNS plus (raw, e, value), keyset-paged in the order of `sort`;
+    the values from customer_usage (`from_cells`, for metrics with a cell_column) or from `events`.
 
     Freezing both ends at `as_of` keeps every page of one listing on the same numbers, so each customer shows
     once. A customer's events are those under its id and, once it has one, its external id.
@@ -156,6 +215,9 @@ async def customers_with_value(
     parameters = {**metric.parameters, "workspace": workspace_id, "start": start, "as_of": as_of, "take": take}
     if after is not None:
         parameters.update(after_value=after[0], after_at=after[1], after_id=after[2])
+    if from_cells:
+        c1, c7, c28 = cell_boundaries(start)
+        parameters.update(c1=c1, c7=c7, c28=c28, c1_at=datetime(c1.year, c1.month, c1.day, tzinfo=UTC))
     result = await client.query(
         "SELECT cid, any(cext), any(cemail), any(cname), any(cmeta), any(cat) AS created, "
         f"sum(value) AS raw, floor(log10(abs(raw))) - 11 AS e, {SIGNIFICANT if metric.sum_path else 'raw'} AS total FROM ("
@@ -165,14 +227,9 @@ async def customers_with_value(
         "           created_at AS cat, arrayJoin(arrayConcat(['c:' || toString(id)], "
         "           if(isNull(external_id), [], ['x:' || assumeNotNull(external_id)]))) AS ckey "
         f"    FROM customers FINAL WHERE workspace_id = {{workspace:UUID}} AND NOT deleted AND created_at <= {{as_of:{TS}}}"
-        "  ) AS k LEFT JOIN ("
-        f"    SELECT customer_key, toFloat64({metric.aggregate('1')}) AS value FROM events "
-        f"    WHERE workspace_id = {{workspace:UUID}} AND name IN {{{metric.prefix}names:Array(String)}} "
-        f"    AND timestamp >= {{start:{TS}}} AND timestamp < {{as_of:{TS}}} AND ingested_at <= {{as_of:{TS}}} "
-        "    GROUP BY customer_key"
-        "  ) AS v ON v.customer_key = k.ckey"
+        f"  ) AS k LEFT JOIN ({values_from_cells(metric) if from_cells else values_from_events(metric)}) AS v "
+        "  ON v.customer_key = k.ckey"
         f") GROUP BY cid {'HAVING ' + keyset if after is not None else ''} ORDER BY {order} LIMIT {{take:UInt32}}",
         parameters=parameters,
     )
     return [tuple(row) for row in result.result_rows]
-

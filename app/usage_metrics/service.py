@@ -206,9 +206,10 @@ async def customer_usage_page(
         raise invalid("cursor", "belongs to a listing with another usage_metric or sort")
     as_of = position.as_of if position else utc_now()
     after = (position.value, position.created_at, position.id) if position else None
+    sql = compile_metric(metric, "m_")
     rows = await queries.customers_with_value(
-        client, workspace_id, compile_metric(metric, "m_"), as_of - metric.interval_days * DAY, as_of,
-        sort, after, take + 1,
+        client, workspace_id, sql, as_of - metric.interval_days * DAY, as_of, sort, after, take + 1,
+        from_cells=sql.cell_column is not None,
     )
     items = [
         CustomerWithUsage(
