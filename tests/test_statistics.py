@@ -23,6 +23,7 @@ from litestar.testing import TestClient
 
 from app.customers.numbers import CustomerNumbers
 from app.events.claims import LocalClaims
+from app.events.queries import EventFilter
 from app.statistics import service
 from app.statistics.routes import SOURCE_HEADER, TOTALS_SOURCE_HEADER
 from app.warehouse.client import connect, with_database
@@ -422,6 +423,13 @@ def event_row(workspace_id: uuid.UUID, event: dict[str, Any], numbers: dict[str,
     return row if numbers is None else [*row, numbers[key]]
 
 
+def leaf_of(metadata: dict[str, Any], path: str) -> Any:
+    node: Any = metadata
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 EVENT_COLUMNS = ["workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
                  "external_customer_id", "external_id", "dedup_key", "parent_id", "root_id", "depth", "metadata",
                  "num", "str", "bool", "cost_amount", "llm_total_tokens"]
@@ -468,6 +476,16 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             by_customer = (await client.query(per_customer.format(table="events_by_customer"))).result_rows
             assert by_customer == (await client.query(per_customer.format(table="events"))).result_rows
             assert sum(row[1] for row in by_customer) == len(events)
+            # Metadata filters of the listings match the leaves' hashes (0012), on backfilled rows as on new ones.
+            sample = next(e["metadata"]["duration_ms"] for e in events if e["metadata"]["duration_ms"] != "slow")
+            for path, value in (("flag", "true"), ("flag", "false"), ("duration_ms", "slow"),
+                                ("duration_ms", str(sample)), ("_cost.currency", "usd"), ("nothing", "1")):
+                where = EventFilter()
+                where.add_metadata_match(path, value)
+                found = await client.query(f"SELECT count() FROM events_by_time WHERE {where.sql}",
+                                           parameters=where.parameters)
+                expected = sum(1 for e in events if str(leaf_of(e["metadata"], path)).lower() == value)
+                assert found.result_rows[0][0] == expected, (path, value)
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")

@@ -41,6 +41,11 @@ async def stored_keys(client: AsyncClient, workspace_id: UUID, keys: list[str]) 
     return {row[0]: (row[1], row[2], row[3]) for row in result.result_rows}
 
 
+def metadata_pair(key_parameter: str, kind: str, value_sql: str) -> str:
+    """The hash events_by_time.meta_pairs keeps of a metadata leaf (schema/0012): its path, kind (s, n, b) and value."""
+    return f"cityHash64({{{key_parameter}:String}}, '{kind}', {value_sql})"
+
+
 @dataclass
 class EventFilter:
     """The WHERE clause of an event listing, as SQL over named parameters."""
@@ -53,23 +58,24 @@ class EventFilter:
         self.parameters.update(parameters)
 
     def add_metadata_match(self, path: str, value: str) -> None:
-        """`meta[path]=value`: a number or boolean compares as such, any value also as the string sent."""
+        """`meta[path]=value`: a number or boolean compares as such, any value also as the string sent. Matched on
+        meta_pairs (schema/0012), which holds the leaves present: an empty value also matches events without the
+        leaf (the string map's default), so it reads the map."""
         n = len(self.parameters)
         key, text = f"mk{n}", f"mv{n}"
-        alternatives = [f"str[{{{key}:String}}] = {{{text}:String}}"]
         parameters: dict[str, Any] = {key: path, text: value}
-        # A map answers its type's default for a missing key: only a match on the default (0, false) needs the
-        # key's presence checked, which reads every key of every row.
+        if value == "":
+            self.add(f"str[{{{key}:String}}] = {{{text}:String}}", **parameters)
+            return
+        pairs = [metadata_pair(key, "s", f"{{{text}:String}}")]
         number = _as_number(value)
         if number is not None:
-            present = f"mapContains(num, {{{key}:String}}) AND " if number == 0 else ""
-            alternatives.append(f"({present}num[{{{key}:String}}] = {{mn{n}:Float64}})")
-            parameters[f"mn{n}"] = number
+            pairs.append(metadata_pair(key, "n", f"{{mn{n}:Float64}}"))
+            parameters[f"mn{n}"] = number or 0.0  # -0 hashes as 0, as stored
         if value in ("true", "false"):
-            present = "" if value == "true" else f"mapContains(bool, {{{key}:String}}) AND "
-            alternatives.append(f"({present}bool[{{{key}:String}}] = {{mb{n}:Bool}})")
+            pairs.append(metadata_pair(key, "b", f"{{mb{n}:Bool}}"))
             parameters[f"mb{n}"] = value == "true"
-        self.add("(" + " OR ".join(alternatives) + ")", **parameters)
+        self.add(f"hasAny(meta_pairs, [{', '.join(pairs)}])", **parameters)
 
     @property
     def sql(self) -> str:

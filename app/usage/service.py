@@ -7,7 +7,7 @@ from uuid import UUID
 import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
-from app.events.queries import EventFilter
+from app.events.queries import EventFilter, metadata_pair
 from app.events.service import listing_filter, metadata_filters
 from app.usage import queries
 from app.usage.schemas import UsageRecord, UsageSeries, UsageSnapshot
@@ -60,12 +60,10 @@ def record_filter(types: list[str] | None, query: dict[str, list[str]]) -> Event
     for index, key in enumerate(RELATION_KEYS):
         values = query.get(key)
         if values:
-            # A relation id is a string value of its key, so the string map alone decides.
-            where.add(
-                f"(mapContains(str, {{rel_key{index}:String}}) AND str[{{rel_key{index}:String}}] "
-                f"IN {{rel_values{index}:Array(String)}})",
-                **{f"rel_key{index}": key, f"rel_values{index}": values},
-            )
+            # A relation id is a string value of its key.
+            pair = metadata_pair(f"rel_key{index}", "s", "value")
+            where.add(f"hasAny(meta_pairs, arrayMap(value -> {pair}, {{rel_values{index}:Array(String)}}))",
+                      **{f"rel_key{index}": key, f"rel_values{index}": values})
     return where
 
 
