@@ -10,9 +10,12 @@ API, p50 and p99 of:
 - the customer list with one usage metric for every customer, sorted by it: first page and the next;
 - one customer's five usage metrics (counts and sums, filters, a sparkline).
 Goal (issue 6): p50 under 30 ms, p99 under 100 ms on the 10M-event data set.
+Then, as the baseline of the same run, the customer list's query alone (first page) from the cells of
+customer_usage, as the API answers it, and from the raw events table, with the ratio between them.
 """
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import clickhouse_connect
 import httpx
@@ -29,6 +33,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from app.usage_metrics import queries, service  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
 from ingest import Api, free_port, percentile, store_through_views, workspace_token  # noqa: E402
 
@@ -109,6 +114,37 @@ def timed(rounds: int, request: Callable[[], httpx.Response]) -> list[float]:
     return latencies
 
 
+async def list_query_latencies(server: EmbeddedServer, workspace: str, rounds: int) -> list[tuple[str, list[float]]]:
+    """The first page of the customer list by each cell-served metric, its query alone, from cells and from
+    events; the two answers are checked to be the same rows."""
+    client = await clickhouse_connect.get_async_client(host="127.0.0.1", port=server.http_port, username="admin",
+                                                       password=server.password("admin"))
+    workspace_id = UUID(workspace)
+    measured = []
+    try:
+        for metric in await service.list_metrics(client, workspace_id):
+            sql = service.compile_metric(metric, "m_")
+            if sql.cell_column is None:
+                continue
+            as_of = service.utc_now()
+            start = as_of - metric.interval_days * service.DAY
+            answers = {}
+            for from_cells in (True, False):
+                latencies = []
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    answers[from_cells] = await queries.customers_with_value(
+                        client, workspace_id, sql, start, as_of, "-usage_metric", None, 51, from_cells=from_cells)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                measured.append((f"{metric.name} ({metric.interval_days} days) from {'cells' if from_cells else 'events'}",
+                                 latencies))
+            if answers[True] != answers[False]:
+                raise RuntimeError(f"{metric.name}: cells and events disagree")
+    finally:
+        await client.close()
+    return measured
+
+
 def report(label: str, latencies: list[float]) -> None:
     print(f"  {label:<52} p50 {statistics.median(latencies):7.1f} ms   p99 {percentile(latencies, 0.99):7.1f} ms")
 
@@ -146,6 +182,12 @@ def main() -> None:
             report("one customer's five usage metrics",
                    timed(args.rounds, lambda: client.get("/api/customers/cust-42/usage-metrics")))
         print("  goal: p50 < 30 ms, p99 < 100 ms")
+        print("customer list query alone, first page (same rows from both sources):")
+        measured = asyncio.run(list_query_latencies(server, workspace, args.rounds))
+        for (cells_label, cells), (events_label, events) in zip(measured[::2], measured[1::2], strict=True):
+            report(cells_label, cells)
+            report(events_label, events)
+            print(f"  {'':<52} cells / events p50: {statistics.median(cells) / statistics.median(events):.2f}")
     finally:
         api.stop()
         server.stop()
