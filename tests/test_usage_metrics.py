@@ -397,56 +397,62 @@ def test_only_counts_and_typed_sums_over_names_read_cells() -> None:
     assert compiled(filtered).cell_column is None
 
 
-@pytest.mark.parametrize("interval_days", [7, 30, 90])
-def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient, tenant: Tenant,
-                                                      interval_days: int) -> None:
-    """Events on every edge the cells have (the window's start, each cell boundary after it, its end), events
-    after its end (up to the 5 minutes the contract allows) and events ingested after `as_of` with timestamps
-    inside the window: both sources give the brute force's value for every customer, to the unit."""
-    rng = random.Random(interval_days)
+def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient, tenant: Tenant) -> None:
+    """For 7, 30 and 90-day windows ending at `as_of`: events on every edge the cells have (the window's start,
+    each cell boundary after it, its end), events after its end (up to the 5 minutes the contract allows) and
+    events stored after `as_of` with timestamps inside the window. Both sources give the brute force's value
+    for every customer, to the unit."""
+    rng = random.Random(5)
     customers = [create_customer(api, tenant, external_id=f"cell-{index}") for index in range(6)]
-    as_of = service.utc_now() + timedelta(seconds=2)
-    start = as_of - interval_days * DAY
-    edges = [start, as_of] + [midnight(day) for day in queries.cell_boundaries(start)]
+    as_of = service.utc_now() + timedelta(seconds=10)  # the first events are stored before it
+    starts = {days: as_of - days * DAY for days in (7, 30, 90)}
+    edges = [as_of] + [edge for start in starts.values()
+                       for edge in [start] + [midnight(day) for day in queries.cell_boundaries(start)]]
     moments = [edge + shift for edge in edges for shift in (-timedelta(milliseconds=1), timedelta(0), HOUR)]
-    moments += [start + (as_of - start) * rng.random() for _ in range(300)] + [start - DAY] + [as_of + k * timedelta(seconds=20) for k in range(9)]
+    moments += [as_of - 91 * DAY * rng.random() for _ in range(400)]
+    moments += [as_of - 200 * DAY] + [as_of + k * timedelta(seconds=20) for k in range(9)]
 
     def usage(when: datetime) -> dict:
+        tokens = {"input_tokens": rng.randint(0, 4000), "output_tokens": rng.randint(0, 1000)}
         metadata = {"_cost": {"amount": round(rng.uniform(0, 2), 6), "currency": "usd"},
-                    "_llm": {"vendor": "openai", "model": "gpt-x", "input_tokens": rng.randint(0, 4000),
-                             "output_tokens": rng.randint(0, 1000)}}
-        metadata["_llm"]["total_tokens"] = metadata["_llm"]["input_tokens"] + metadata["_llm"]["output_tokens"]
+                    "_llm": {"vendor": "openai", "model": "gpt-x", **tokens, "total_tokens": sum(tokens.values())}}
         return event(rng.choice(NAMES), when, metadata, customer=rng.choice(customers)["external_id"])
 
     stored = [usage(when) for when in moments if when <= datetime.now(UTC) + timedelta(minutes=4)]
     ingest(api, tenant, stored)
+    assert datetime.now(UTC) < as_of, "storing the events took longer than the margin before as_of"
     while datetime.now(UTC) <= as_of:
         time.sleep(0.05)
-    ingest(api, tenant, [usage(start + (as_of - start) * rng.random()) for _ in range(40)])  # after as_of
+    # Stored after as_of: anywhere in the windows, and in each window's raw first hours.
+    late = [as_of - 91 * DAY * rng.random() for _ in range(60)]
+    late += [start + (midnight(queries.cell_boundaries(start)[0]) - start) * rng.random()
+             for start in starts.values() for _ in range(8)]
+    ingest(api, tenant, [usage(when) for when in late])
+    owners = {customer["external_id"]: customer["id"] for customer in customers}
 
-    def brute_force(definition: dict) -> dict[str, Any]:
+    def brute_force(definition: dict, start: datetime) -> dict[str, float]:
         names = {matcher["name"] for matcher in definition["match_events"]}
-        values: dict[str, Any] = {customer["id"]: 0 for customer in customers}
+        values = {customer["id"]: Decimal(0) for customer in customers}
         for item in stored:
             if item["name"] in names and start <= item["_when"] < as_of:
-                owner = next(c["id"] for c in customers if c["external_id"] == item["external_customer_id"])
-                leaf_value = leaf(item["metadata"], definition.get("property", "")) if "property" in definition else 1
-                values[owner] += Decimal(str(leaf_value))
+                amount = leaf(item["metadata"], definition["property"]) if "property" in definition else 1
+                values[owners[item["external_customer_id"]]] += Decimal(str(amount))
         return {owner: float(value) for owner, value in values.items()}
 
-    async def values(definition: dict, from_cells: bool) -> dict[str, float]:
+    async def values(definition: dict, days: int, from_cells: bool) -> dict[str, float]:
         client = await connect(settings.clickhouse_url)
         try:
-            rows = await queries.customers_with_value(client, uuid.UUID(tenant.id), compiled(definition, interval_days),
-                                                      start, as_of, None, None, 100, from_cells=from_cells)
+            rows = await queries.customers_with_value(client, uuid.UUID(tenant.id), compiled(definition, days),
+                                                      starts[days], as_of, None, None, 100, from_cells=from_cells)
         finally:
             await client.close()
         return {str(row[0]): row[8] for row in rows}
 
-    for definition in CELL_METRICS:
-        expected = brute_force(definition)
-        assert asyncio.run(values(definition, from_cells=True)) == expected, definition["name"]
-        assert asyncio.run(values(definition, from_cells=False)) == expected, definition["name"]
+    for days, start in starts.items():
+        for definition in CELL_METRICS:
+            expected = brute_force(definition, start)
+            assert asyncio.run(values(definition, days, from_cells=True)) == expected, (days, definition["name"])
+            assert asyncio.run(values(definition, days, from_cells=False)) == expected, (days, definition["name"])
 
 
 # Definitions ---------------------------------------------------------------------------------------------
