@@ -30,6 +30,7 @@ from app.warehouse.client import connect, with_database
 from app.warehouse.migrations import migrate, migration_files
 from tests.bruteforce import PERCENTILES, percentile_rank_ok, periods, timeseries
 from tests.conftest import Tenant, create_tenant
+from tests.test_usage import meta_matches
 
 PATH = "/api/events/statistics/timeseries"
 START, END = date(2026, 9, 28), date(2026, 11, 8)  # Monday to Sunday: Berlin's, Adelaide's and New York's DST changes
@@ -423,13 +424,6 @@ def event_row(workspace_id: uuid.UUID, event: dict[str, Any], numbers: dict[str,
     return row if numbers is None else [*row, numbers[key]]
 
 
-def leaf_of(metadata: dict[str, Any], path: str) -> Any:
-    node: Any = metadata
-    for key in path.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
 EVENT_COLUMNS = ["workspace_id", "id", "name", "timestamp", "ingested_at", "source", "customer_key", "customer_id",
                  "external_customer_id", "external_id", "dedup_key", "parent_id", "root_id", "depth", "metadata",
                  "num", "str", "bool", "cost_amount", "llm_total_tokens"]
@@ -484,7 +478,7 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
                 where.add_metadata_match(path, value)
                 found = await client.query(f"SELECT count() FROM events_by_time WHERE {where.sql}",
                                            parameters=where.parameters)
-                expected = sum(1 for e in events if str(leaf_of(e["metadata"], path)).lower() == value)
+                expected = sum(1 for e in events if meta_matches(e["metadata"], path, value))
                 assert found.result_rows[0][0] == expected, (path, value)
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "

@@ -22,7 +22,7 @@ from app.usage_metrics.schemas import UsageMetric, UsageMetricCreate
 from app.warehouse.client import connect
 from tests.bruteforce import numeric_at
 from tests.conftest import Tenant, all_pages, bearer, create_tenant
-from tests.test_usage import clickhouse_uuid_order, event, ingest, midnight, parse
+from tests.test_usage import clickhouse_uuid_order, event, ingest, leaf, midnight, parse
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -78,15 +78,6 @@ SIGNUPS = {"acme": ([1, 2, 3], []), "beta": ([2], [8, 9, 10, 12]), "ghost": ([1,
 
 
 # Brute force ---------------------------------------------------------------------------------------------
-
-def leaf(metadata: dict, path: str) -> Any:
-    node: Any = metadata
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
 
 def holds(metadata: dict, rule: dict) -> bool:
     """A filter: values compare only with values of their own type; `ne` is the negation of `eq`."""
