@@ -398,7 +398,7 @@ def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient,
     as_of = service.utc_now() + timedelta(seconds=10)  # the first events are stored before it
     starts = {days: as_of - days * DAY for days in (7, 30, 90)}
     edges = [as_of] + [edge for start in starts.values()
-                       for edge in [start] + [midnight(day) for day in queries.cell_boundaries(start)]]
+                       for edge in [start, *queries.cell_boundaries(start)]]
     moments = [edge + shift for edge in edges for shift in (-timedelta(milliseconds=1), timedelta(0), HOUR)]
     moments += [as_of - 91 * DAY * rng.random() for _ in range(400)]
     moments += [as_of - 200 * DAY] + [as_of + k * timedelta(seconds=20) for k in range(9)]
@@ -416,7 +416,7 @@ def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient,
         time.sleep(0.05)
     # Stored after as_of: anywhere in the windows, and in each window's raw first hours.
     late = [as_of - 91 * DAY * rng.random() for _ in range(60)]
-    late += [start + (midnight(queries.cell_boundaries(start)[0]) - start) * rng.random()
+    late += [start + (queries.cell_boundaries(start)[0] - start) * rng.random()
              for start in starts.values() for _ in range(8)]
     ingest(api, tenant, [usage(when) for when in late])
     owners = {customer["external_id"]: customer["id"] for customer in customers}

@@ -153,14 +153,14 @@ async def customer_metric_days(
     return {row[0]: list(row[1:]) for row in result.result_rows}
 
 
-def cell_boundaries(start: datetime) -> list[date]:
-    """For each size of CELL_DAYS, the first cell boundary at or after the one before (the first: after `start`):
-    a window from `start` reads raw events up to the first, then cells of each size up to the next boundary."""
+def cell_boundaries(start: datetime) -> list[datetime]:
+    """For each size of CELL_DAYS, the first cell boundary (a UTC midnight) at or after the one before (the first:
+    after `start`): a window from `start` reads raw events up to the first, then cells of each size up to the next."""
     boundaries, edge = [], start
     for days in CELL_DAYS:
         size = timedelta(days=days)
         edge = EPOCH - (EPOCH - edge) // size * size
-        boundaries.append(edge.date())
+        boundaries.append(edge)
     return boundaries
 
 
@@ -217,7 +217,7 @@ async def customers_with_value(
         parameters.update(after_value=after[0], after_at=after[1], after_id=after[2])
     if from_cells:
         c1, c7, c28 = cell_boundaries(start)
-        parameters.update(c1=c1, c7=c7, c28=c28, c1_at=datetime(c1.year, c1.month, c1.day, tzinfo=UTC))
+        parameters.update(c1=c1.date(), c7=c7.date(), c28=c28.date(), c1_at=c1)
     result = await client.query(
         "SELECT cid, any(cext), any(cemail), any(cname), any(cmeta), any(cat) AS created, "
         f"sum(value) AS raw, floor(log10(abs(raw))) - 11 AS e, {SIGNIFICANT if metric.sum_path else 'raw'} AS total FROM ("
