@@ -4,6 +4,11 @@ Under light load a job runs at once. Under load each round takes all the jobs th
 batches from many producers share lookups and one insert; and when jobs are already waiting as a round ends, the
 next starts no sooner than `min_interval` after it began, so it gathers more of them: ClickHouse pays for each
 insert (a part in the table and in each view's table, all merged later) more than for its rows.
+
+A round also waits, until `min_interval` after the last round answered, for as many jobs as that round had:
+producers answered together send their next batches together, but one by one, and the first of them would
+otherwise start a round alone while the others queue behind it (two inserts where one would do). Under light
+load the last answer is long past, and a job runs at once.
 """
 
 import asyncio
@@ -31,6 +36,9 @@ class Coalescer(Generic[Job, Result]):
         self._min_interval = min_interval
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Result]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # The last round: how many jobs it answered, and when (time.monotonic()).
+        self._answered = 0
+        self._answered_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
@@ -48,13 +56,29 @@ class Coalescer(Generic[Job, Result]):
         await self._queue.put((job, future))
         return await future
 
+    async def _gather(self) -> list[tuple[Job, asyncio.Future[Result]]]:
+        """The next round's jobs: those waiting, and more until there are as many as the last round answered
+        or `min_interval` has passed since it answered."""
+        batch = [await self._queue.get()]
+        size = self._size(batch[0][0])
+        deadline = self._answered_at + self._min_interval
+        while size < self._max_size:
+            if self._queue.empty():
+                left = deadline - time.monotonic()
+                if len(batch) >= self._answered or left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            else:
+                batch.append(self._queue.get_nowait())
+            size += self._size(batch[-1][0])
+        return batch
+
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            size = self._size(batch[0][0])
-            while size < self._max_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                size += self._size(batch[-1][0])
+            batch = await self._gather()
             started = time.monotonic()
             try:
                 results = await self._process([job for job, _ in batch])
@@ -67,5 +91,6 @@ class Coalescer(Generic[Job, Result]):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            self._answered, self._answered_at = len(batch), time.monotonic()
             if not self._queue.empty():
                 await asyncio.sleep(self._min_interval - (time.monotonic() - started))
