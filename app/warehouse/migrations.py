@@ -69,8 +69,11 @@ class _lock:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:
+                # Created with its first beat: the table's own creation time is kept to the second only, so
+                # without it a lock could look up to a second older than it is.
                 await self.client.command(
-                    f"CREATE TABLE {LOCK_TABLE} (beat DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = Memory")
+                    f"CREATE TABLE {LOCK_TABLE} (beat DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = Memory "
+                    "AS SELECT now64(3, 'UTC')")
                 break
             except DatabaseError as error:
                 if "TABLE_ALREADY_EXISTS" not in str(error) and "already exists" not in str(error):
