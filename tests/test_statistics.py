@@ -441,6 +441,9 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
     database = f"backfill_{uuid.uuid4().hex[:8]}"
     workspace_id = uuid.uuid4()
     events = generate(21, 400)
+    for index, event in enumerate(events):  # for the share column (0013): string share ids, and a number
+        if index % 3:
+            event["metadata"]["share_id"] = f"sh-{index % 7}" if index % 3 == 1 else index
     first, later = migration_files()[:2], migration_files()[2:]
     for path in first:
         shutil.copy(path, schema_copy / path.name)
@@ -480,6 +483,11 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
                                            parameters=where.parameters)
                 expected = sum(1 for e in events if meta_matches(e["metadata"], path, value))
                 assert found.result_rows[0][0] == expected, (path, value)
+            # The share column (0013) holds each event's string share_id, NULL for a number or none.
+            shares = await client.query("SELECT external_id, share_id FROM events ORDER BY external_id")
+            assert shares.result_rows == sorted(
+                (e["external_id"], share if isinstance(share := e["metadata"].get("share_id"), str) else None)
+                for e in events)
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")

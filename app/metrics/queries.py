@@ -15,7 +15,8 @@ from clickhouse_connect.driver.asyncclient import AsyncClient
 from app.metrics.catalog import Aggregate, ActiveSessions, Cost, Count, Converted, DistinctCustomers, Sum, Where
 from app.statistics.queries import COST_FIELD, coverage_sql, split_parameters
 
-SHARE_KEY = "share_id"
+# The events' metadata `share_id` as a column of its own (schema/0013), NULL where the metadata has none.
+SHARE_COLUMN = "share_id"
 # Larger than any event's Unix milliseconds: "never ended".
 NEVER_MS = 2**62
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
@@ -56,7 +57,7 @@ class Scope:
     def where(self, params: Params) -> str:
         clauses = [f"workspace_id = {params.bind('ws', self.workspace_id, 'UUID')}"]
         if self.share_ids is not None:
-            clauses.append(f"str['{SHARE_KEY}'] IN {params.bind('shares', list(self.share_ids), 'Array(String)')}")
+            clauses.append(f"{SHARE_COLUMN} IN {params.bind('shares', list(self.share_ids), 'Array(String)')}")
         if self.customer_keys is not None or self.customer_ids is not None:
             keys = params.bind("ck", list(self.customer_keys or []), "Array(String)")
             ids = params.bind("ci", list(self.customer_ids or []), "Array(UUID)")
@@ -90,12 +91,12 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
         case Converted(event, payment, where):
             # Payments at any time up to now, under the same filters as everything else.
             paid = (
-                f"SELECT str['{SHARE_KEY}'] FROM events WHERE {scope.where(params)} "
-                f"AND name = {params.bind('n', payment, 'String')} AND mapContains(str, '{SHARE_KEY}') "
+                f"SELECT {SHARE_COLUMN} FROM events WHERE {scope.where(params)} "
+                f"AND name = {params.bind('n', payment, 'String')} AND {SHARE_COLUMN} IS NOT NULL "
                 "AND timestamp <= now64(3)"
             )
             name = params.bind("n", event, "String")
-            return f"countIf(name = {name}{_condition(where, params)} AND str['{SHARE_KEY}'] IN ({paid}))"
+            return f"countIf(name = {name}{_condition(where, params)} AND {SHARE_COLUMN} IN ({paid}))"
     raise TypeError(f"not an aggregate: {aggregate!r}")
 
 
@@ -217,10 +218,10 @@ async def active_sessions(
     ms = "toUnixTimestamp64Milli(timestamp)"
     sql = (
         f"SELECT sumForEach(arrayMap(b -> toUInt64(created < b AND ended >= b), {boundaries})) FROM ("
-        f"SELECT str['{SHARE_KEY}'] AS share, minIf({ms}, name = {created}) AS created, "
+        f"SELECT assumeNotNull({SHARE_COLUMN}) AS share, minIf({ms}, name = {created}) AS created, "
         f"ifNull(minIfOrNull({ms}, name IN {ended}), {NEVER_MS}) AS ended "
         f"FROM events WHERE {scope.where(params)} AND (name = {created} OR name IN {ended}) "
-        f"AND mapContains(str, '{SHARE_KEY}') AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
+        f"AND {SHARE_COLUMN} IS NOT NULL AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
         f"GROUP BY share HAVING countIf(name = {created}) > 0)"
     )
     result = await client.query(sql, parameters=params.values)
