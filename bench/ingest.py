@@ -102,7 +102,6 @@ def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
         client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
     client.command("DROP TABLE events_stage")
     number_customers(client)
-    wait_for_merges(client)
 
 
 def wait_for_merges(client, timeout: float = 1800) -> None:

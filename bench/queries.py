@@ -41,7 +41,7 @@ from app.metrics.catalog import CATALOG  # noqa: E402
 from app.statistics.service import RAW, time_range  # noqa: E402
 from app.warehouse.client import connect  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from ingest import OPERATOR, Api, free_port, percentile, store_through_views  # noqa: E402
+from ingest import OPERATOR, Api, free_port, percentile, store_through_views, wait_for_merges  # noqa: E402
 
 WORKSPACES = 50
 DAYS = 90
@@ -343,6 +343,7 @@ def main() -> None:
         for size in sizes_wanted:
             first_new, stored = stored, size
             rate = store_events(client, workspaces, first_new, size, t0)
+            wait_for_merges(client)
             print(f"\n{size:,} events over {DAYS} days: the {size - first_new:,} new ones stored straight into "
                   f"ClickHouse at {rate:,.0f} rows/s (events table, its projection and every view's table)")
             print(f"  {sizes(client)}")

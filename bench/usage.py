@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from app.usage_metrics import queries, service  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from ingest import Api, free_port, percentile, store_through_views, workspace_token  # noqa: E402
+from ingest import Api, free_port, percentile, store_through_views, wait_for_merges, workspace_token  # noqa: E402
 
 NAMES = ["api_call", "api_request", "login", "upload", "completion", "conversation.created", "message.created",
          "task.run"]
@@ -100,6 +100,7 @@ def fill(server: EmbeddedServer, workspace: str, events: int, customers: int) ->
         {**common, "names": NAMES, "span_ms": DAYS * 86_400_000, "offset": offset, "count": min(BLOCK, events - offset)}
         for offset in range(0, events, BLOCK)
     ])
+    wait_for_merges(client)
     client.close()
 
 
