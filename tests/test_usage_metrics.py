@@ -34,6 +34,9 @@ OPERATORS = {"eq": operator.eq, "gt": operator.gt, "gte": operator.ge, "lt": ope
 
 METRICS: list[dict[str, Any]] = [
     {"name": "API calls", "interval_days": 30, "match_events": [{"name": "api_call"}, {"name": "api_request"}]},
+    # An event matching twice counts once.
+    {"name": "calls named twice", "interval_days": 7, "display": "sparkline",
+     "match_events": [{"name": "api_call"}, {"name": "api_call"}]},
     {"name": "OK calls", "interval_days": 7, "display": "sparkline", "match_events": [{"name": "api_call"}],
      "filters": [{"property": "status", "operator": "eq", "value": 200}]},
     {"name": "not 200", "interval_days": 30, "match_events": [{"name": "api_call"}],

@@ -124,33 +124,39 @@ async def customer_key_seen(client: AsyncClient, workspace_id: UUID, key: str) -
     return result.result_rows[0][0] > 0
 
 
-async def customer_metric_days(
-    client: AsyncClient, workspace_id: UUID, keys: list[str], metrics: list[MetricSql],
-    windows: list[tuple[datetime, datetime]], now: datetime,
-) -> dict[date, list[int | float]]:
-    """Per UTC day: for each metric, its value inside (current, previous) windows, [2i] and [2i + 1].
+# What customer_half_days gives first for each (UTC day, half, name), named as customer_usage's columns: a metric
+# with a cell_column adds up one of these; the others (filters, another property) get a column of their own.
+HALF_DAY_COLUMNS = ("events", "llm_total_tokens", "cost_amount")
+DAY_MS = 86_400_000
 
-    One read of the customer's events (events_by_customer, schema/0010) for every metric; `windows[i]` is
-    (start of the previous span, start of the current one), both ending at `now`.
-    """
-    columns, parameters = [], {}
-    for metric, (previous_start, current_start) in zip(metrics, windows, strict=True):
-        p = metric.prefix
-        columns.append(metric.aggregate(f"timestamp >= {{{p}current:{TS}}}"))
-        columns.append(metric.aggregate(f"timestamp < {{{p}current:{TS}}} AND timestamp >= {{{p}previous:{TS}}}"))
-        parameters.update(metric.parameters, **{f"{p}current": current_start, f"{p}previous": previous_start})
+
+async def customer_half_days(
+    client: AsyncClient, workspace_id: UUID, keys: list[str], metrics: list[MetricSql], earliest: datetime,
+    now: datetime,
+) -> dict[tuple[date, bool, str], tuple]:
+    """The customer's events in [earliest, now) per (UTC day, whether at or after now's time of day, name): their
+    count, their sums of the typed leaves, and each metric without a cell_column of its own (in `metrics` order).
+
+    Every window of a metric ends at `now` and spans whole days, so its edges split days at now's time of day:
+    half days add up to any window without a condition per window (one read of events_by_customer,
+    schema/0010, in (workspace, customer, time) order)."""
+    own = [metric for metric in metrics if metric.cell_column is None]
+    parameters = {name: value for metric in own for name, value in metric.parameters.items()}
+    columns = ["count()", "sum(llm_total_tokens)", "toFloat64(sum(cost_amount))"]
+    columns += [metric.aggregate("1") for metric in own]
     result = await client.query(
-        f"SELECT toDate(timestamp) AS day, {', '.join(columns)} FROM events_by_customer "
+        f"SELECT toDate(timestamp) AS day, toUnixTimestamp64Milli(timestamp) % {DAY_MS} >= {{time_of_day:UInt32}} "
+        f"AS late, name, {', '.join(columns)} FROM events_by_customer "
         "WHERE workspace_id = {workspace:UUID} AND customer_key IN {keys:Array(String)} "
         "AND name IN {all_names:Array(String)} "
-        f"AND timestamp >= {{earliest:{TS}}} AND timestamp < {{now:{TS}}} GROUP BY day",
+        f"AND timestamp >= {{earliest:{TS}}} AND timestamp < {{now:{TS}}} GROUP BY day, late, name",
         parameters={
-            **parameters, "workspace": workspace_id, "keys": keys, "now": now,
+            **parameters, "workspace": workspace_id, "keys": keys, "now": now, "earliest": earliest,
+            "time_of_day": int(now.timestamp() * 1000) % DAY_MS,
             "all_names": sorted({name for metric in metrics for name in metric.names}),
-            "earliest": min(start for start, _ in windows),
         },
     )
-    return {row[0]: list(row[1:]) for row in result.result_rows}
+    return {(day, bool(late), name): tuple(values) for day, late, name, *values in result.result_rows}
 
 
 def cell_boundaries(start: datetime) -> list[datetime]:

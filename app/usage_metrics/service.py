@@ -4,7 +4,7 @@ import asyncio
 import math
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from uuid import UUID, uuid4
 
 import msgspec
@@ -145,20 +145,18 @@ async def customer_metrics(
                                          list_metrics(client, workspace_id))
     if not metrics:
         return []
-    spans = [metric.interval_days * DAY for metric in metrics]
-    days = await queries.customer_metric_days(
-        client, workspace_id, keys, [compile_metric(metric, f"m{i}_") for i, metric in enumerate(metrics)],
-        [(now - 2 * span, now - span) for span in spans], now,
-    )
+    compiled = [compile_metric(metric, f"m{i}_") for i, metric in enumerate(metrics)]
+    earliest = now - 2 * max(metric.interval_days for metric in metrics) * DAY
+    halves = await queries.customer_half_days(client, workspace_id, keys, compiled, earliest, now)
     today = now.date()
     answers = []
-    for index, metric in enumerate(metrics):
-        value = _total(metric, (columns[2 * index] for columns in days.values()))
-        previous = _total(metric, (columns[2 * index + 1] for columns in days.values()))
+    for metric, column in zip(metrics, _half_day_columns(compiled), strict=True):
+        value = _over(metric, halves, column, _window(today, metric.interval_days))
+        previous = _over(metric, halves, column, _window(today - metric.interval_days * DAY, metric.interval_days))
         sparkline = None
         if metric.display == "sparkline":
             sparkline = [
-                SparklinePoint(day, _total(metric, [days[day][2 * index]] if day in days else []))
+                SparklinePoint(day, _over(metric, halves, column, [(day, False), (day, True)]))
                 for day in (today - offset * DAY for offset in range(metric.interval_days - 1, -1, -1))
             ]
         answers.append(CustomerUsageMetric(
@@ -166,6 +164,35 @@ async def customer_metrics(
             change_percent(value, previous), sparkline,
         ))
     return answers
+
+
+def _half_day_columns(compiled: list[MetricSql]) -> list[int]:
+    """Which value of queries.customer_half_days' rows each metric adds up: a shared count or typed sum, or its own."""
+    own = len(queries.HALF_DAY_COLUMNS)
+    columns = []
+    for sql in compiled:
+        if sql.cell_column is None:
+            columns.append(own)
+            own += 1
+        else:
+            columns.append(queries.HALF_DAY_COLUMNS.index(sql.cell_column))
+    return columns
+
+
+def _over(metric: UsageMetric, halves: dict[tuple[date, bool, str], tuple], column: int,
+          half_days: list[tuple[date, bool]]) -> int | float:
+    """The metric over these half-days, from `column` of queries.customer_half_days' rows."""
+    names = {matcher.name for matcher in metric.match_events}  # an event counts once, whatever matches it
+    return _total(metric, (halves[(day, late, name)][column] for day, late in half_days for name in names
+                           if (day, late, name) in halves))
+
+
+def _window(ending: date, days: int) -> list[tuple[date, bool]]:
+    """The half-days, (UTC day, at or after now's time of day), of the `days` days ending on `ending` at now's
+    time of day: the late half of the first, the whole days between, the early half of `ending`."""
+    first = ending - days * DAY
+    return [(first, True)] + [(first + offset * DAY, late) for offset in range(1, days) for late in (False, True)] + [
+        (ending, False)]
 
 
 async def _customer_keys(client: AsyncClient, workspace_id: UUID, reference: str) -> list[str]:
