@@ -102,6 +102,7 @@ def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
         client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
     client.command("DROP TABLE events_stage")
     number_customers(client)
+    number_shares(client)
 
 
 def wait_for_merges(client, timeout: float = 1800) -> None:
@@ -137,6 +138,15 @@ def number_customers(client) -> None:
         "INSERT INTO customer_numbers SELECT workspace_id, customer_key, min(customer_number) FROM events "
         "WHERE (workspace_id, customer_key) NOT IN (SELECT workspace_id, customer_key FROM customer_numbers) "
         "GROUP BY workspace_id, customer_key")
+
+
+def number_shares(client) -> None:
+    """Record the numbers of file shares whose events were stored straight into ClickHouse (share_number set by
+    the generator), as the API records those it allots."""
+    client.command(
+        "INSERT INTO share_numbers SELECT workspace_id, assumeNotNull(share_id) AS share, min(share_number) FROM events "
+        "WHERE share_number > 0 AND (workspace_id, share) NOT IN (SELECT workspace_id, share_id FROM share_numbers) "
+        "GROUP BY workspace_id, share")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -56,7 +56,7 @@ FIELDS = ["_cost.amount", "duration_ms"]
 GENERATE_SQL = """
 INSERT INTO events (workspace_id, id, name, timestamp, ingested_at, source, customer_key, customer_number, customer_id,
                     external_customer_id, external_id, dedup_key, parent_id, root_id, depth, metadata, num, str, bool,
-                    cost_amount, llm_total_tokens)
+                    cost_amount, llm_total_tokens, share_number)
 WITH
     {workspaces:Array(UUID)} AS workspace_ids,
     {names:Array(String)} AS names,
@@ -118,7 +118,9 @@ SELECT
          'Map(LowCardinality(String), String)') AS str,
     CAST(map(), 'Map(LowCardinality(String), Bool)') AS bool,
     cost AS cost_amount,
-    if(llm, prompt + completion, 0) AS llm_total_tokens
+    if(llm, prompt + completion, 0) AS llm_total_tokens,
+    -- Numbered as the API numbers shares (app/events/numbers.py): one number per share id in a workspace.
+    if(sharing, toUInt32(intDiv(number, 8) + 1), 0) AS share_number
 FROM numbers({block:UInt64}, {block_rows:UInt64})
 """
 

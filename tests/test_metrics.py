@@ -360,3 +360,27 @@ def test_tenant_isolation(api: TestClient, dataset: Dataset, other_tenant: Tenan
     mine = get(api, other_tenant, **params).json()["totals"]
     assert mine["file_share_sessions"] == 1 and mine["free_file_shares"] == 1 and mine["active_users"] == 1
     check(api, dataset, "week", "UTC")
+
+
+def test_conversion_counts_payments_up_to_now(api: TestClient, tenant: Tenant) -> None:
+    """Paid shares come from the daily share sets before today and today's raw events up to now: a payment of
+    yesterday and one of seconds ago convert their shares, one dated a few minutes ahead does not yet."""
+    now = datetime.now(UTC)
+    created = now - timedelta(days=2)
+    payments = [now - timedelta(days=1), now - timedelta(seconds=5), now + timedelta(minutes=3), None]
+    events = []
+    for number, paid_at in enumerate(payments):
+        share = {"share_id": f"s-{number}"}
+        events.append({"name": "file_share.created", "timestamp": stamp(created), "external_customer_id": "c",
+                       "external_id": f"c-{number}", "metadata": {**share, "price_cents": 100}})
+        if paid_at is not None:
+            events.append({"name": "file_share.payment_completed", "timestamp": stamp(paid_at),
+                           "external_customer_id": "c", "external_id": f"p-{number}",
+                           "metadata": {**share, "amount_cents": 100}})
+    ingest(api, tenant, events)
+    response = get(api, tenant, start_date=created.date().isoformat(), end_date=now.date().isoformat(),
+                   interval="day", timezone="UTC", metrics=["payment_conversion_rate", "paid_file_shares"])
+    assert response.status_code == 200, response.text
+    assert response.headers[SOURCE_HEADER] == "1d"
+    totals = response.json()["totals"]
+    assert (totals["paid_file_shares"], totals["payment_conversion_rate"]) == (4, 50.0)

@@ -488,6 +488,20 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             assert shares.result_rows == sorted(
                 (e["external_id"], share if isinstance(share := e["metadata"].get("share_id"), str) else None)
                 for e in events)
+            # Shares got dense numbers (0014), one per string share id (0 without), and the share sets hold the
+            # numbers of each name and day.
+            numbered = await client.query(
+                "SELECT share_id, groupUniqArray(share_number) FROM events WHERE external_id IN {ids:Array(String)} "
+                "GROUP BY share_id", parameters={"ids": [e["external_id"] for e in events[:300]]})
+            by_share = {share: numbers for share, numbers in numbered.result_rows}
+            assert by_share.pop(None) == [0]
+            assert all(len(numbers) == 1 for numbers in by_share.values())
+            assert sorted(numbers[0] for numbers in by_share.values()) == list(range(1, len(by_share) + 1))
+            sets = await client.query("SELECT name, bucket, arraySort(bitmapToArray(groupBitmapMergeState(shares))) "
+                                      "FROM share_sets_1d GROUP BY ALL ORDER BY ALL")
+            raw_sets = await client.query("SELECT name, toStartOfDay(timestamp) AS bucket, arraySort(groupUniqArray("
+                                          "share_number)) FROM events WHERE share_number > 0 GROUP BY ALL ORDER BY ALL")
+            assert sets.result_rows == raw_sets.result_rows and sets.result_rows
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")

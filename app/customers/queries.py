@@ -68,17 +68,6 @@ async def insert_customer_version(
     )
 
 
-async def customer_numbers(client: AsyncClient, workspace_id: UUID, keys: list[str]) -> dict[str, int]:
-    """The numbers already allotted to these customer keys (events.customer_key)."""
-    result = await client.query(
-        "SELECT customer_key, min(number) FROM customer_numbers WHERE workspace_id = {workspace:UUID} "
-        "AND customer_key IN (SELECT value FROM wanted) GROUP BY customer_key",
-        parameters={"workspace": workspace_id},
-        external_data=string_sets(wanted=keys),
-    )
-    return dict(result.result_rows)
-
-
 async def numbers_by_customer_id(client: AsyncClient, workspace_id: UUID, external_ids: list[str]) -> dict[str, int]:
     """For the live customers with these external ids whose events, sent by id before they had one, are
     numbered: 'x:<external id>' -> that number."""
@@ -92,16 +81,3 @@ async def numbers_by_customer_id(client: AsyncClient, workspace_id: UUID, extern
         external_data=string_sets(wanted=external_ids),
     )
     return dict(result.result_rows)
-
-
-async def highest_customer_number(client: AsyncClient, workspace_id: UUID) -> int:
-    result = await client.query(
-        "SELECT max(number) FROM customer_numbers WHERE workspace_id = {workspace:UUID}",
-        parameters={"workspace": workspace_id},
-    )
-    return result.result_rows[0][0]
-
-
-async def insert_customer_numbers(client: AsyncClient, workspace_id: UUID, numbers: dict[str, int]) -> None:
-    await client.insert("customer_numbers", [[workspace_id, key, number] for key, number in numbers.items()],
-                        column_names=["workspace_id", "customer_key", "number"])

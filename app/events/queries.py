@@ -2,12 +2,15 @@
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.warehouse.client import string_sets
+
+if TYPE_CHECKING:
+    from app.events.numbers import Numbering
 
 # Each column of an insert as the API sends it; ClickHouse converts it to the table's type (Native format).
 # clickhouse-connect writes strings and integers in C, but UUIDs, datetimes, decimals and LowCardinality keys
@@ -19,7 +22,7 @@ EVENT_INSERT_TYPES = {
     "customer_id": "Nullable(String)", "external_customer_id": "Nullable(String)", "external_id": "Nullable(String)",
     "dedup_key": "String", "parent_id": "Nullable(String)", "root_id": "String", "depth": "UInt16",
     "metadata": "String", "num": "Map(String, Float64)", "str": "Map(String, String)", "bool": "Map(String, Bool)",
-    "cost_amount": "String", "llm_total_tokens": "UInt64",
+    "cost_amount": "String", "llm_total_tokens": "UInt64", "share_number": "UInt32",
 }
 EVENT_COLUMNS = list(EVENT_INSERT_TYPES)
 OUTPUT_COLUMNS = (
@@ -138,3 +141,31 @@ def _as_number(value: str) -> float | None:
     except ValueError:
         return None
     return number if number == number and abs(number) != float("inf") else None
+
+
+async def stored_numbers(
+    client: AsyncClient, numbering: "Numbering", workspace_id: UUID, keys: list[str]
+) -> dict[str, int]:
+    """The numbers already allotted to these keys (app/events/numbers.py); table and column are constants."""
+    result = await client.query(
+        f"SELECT {numbering.key_column}, min(number) FROM {numbering.table} WHERE workspace_id = {{workspace:UUID}} "
+        f"AND {numbering.key_column} IN (SELECT value FROM wanted) GROUP BY {numbering.key_column}",
+        parameters={"workspace": workspace_id},
+        external_data=string_sets(wanted=keys),
+    )
+    return dict(result.result_rows)
+
+
+async def highest_number(client: AsyncClient, numbering: "Numbering", workspace_id: UUID) -> int:
+    result = await client.query(
+        f"SELECT max(number) FROM {numbering.table} WHERE workspace_id = {{workspace:UUID}}",
+        parameters={"workspace": workspace_id},
+    )
+    return result.result_rows[0][0]
+
+
+async def insert_numbers(
+    client: AsyncClient, numbering: "Numbering", workspace_id: UUID, numbers: dict[str, int]
+) -> None:
+    await client.insert(numbering.table, [[workspace_id, key, number] for key, number in numbers.items()],
+                        column_names=["workspace_id", numbering.key_column, "number"])

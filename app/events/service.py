@@ -15,6 +15,7 @@ import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.customers.numbers import CustomerNumbers
+from app.events.numbers import SHARE_KEY, SHARE_NUMBERING, DenseNumbers
 from app.customers.queries import customers_by_reference
 from app.customers.service import customer_key
 from app.errors import StoreUnavailable, invalid
@@ -94,6 +95,7 @@ class EventStore:
         self.client = client
         self.claims = claims
         self.numbers = CustomerNumbers(client, claims)
+        self.share_numbers = DenseNumbers(client, claims, SHARE_NUMBERING)
         self.broker = broker
         self.pipeline: Coalescer[IngestJob, IngestResult] = Coalescer(
             self._process, lambda job: len(job.events), MAX_EVENTS_PER_ROUND, "ingest-pipeline", MIN_ROUND_SECONDS
@@ -134,9 +136,9 @@ class EventStore:
         ), strict=True))
         identified = [_identified(job, lookups[job.workspace_id][0]) for job in jobs]
         try:
-            numbers = await self._customer_numbers(identified)
+            numbers, shares = await asyncio.gather(self._customer_numbers(identified), self._share_numbers(identified))
         except Exception as error:  # noqa: BLE001
-            log.warning("customer numbers unavailable: %s", error)
+            log.warning("customer or share numbers unavailable: %s", error)
             return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in identified]
         outcomes: list[Prepared | Exception] = []
         for outcome in identified:
@@ -145,7 +147,8 @@ class EventStore:
                 continue
             job, identities = outcome
             try:
-                outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id]))
+                outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id],
+                                         shares.get(job.workspace_id, {})))
             except BatchInvalid as error:
                 outcomes.append(error)
         prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
@@ -175,6 +178,19 @@ class EventStore:
                 keys.setdefault(job.workspace_id, set()).update(identity[0] for identity in identities.values())
         found = await asyncio.gather(*(self.numbers.of(workspace, names) for workspace, names in keys.items()))
         return dict(zip(keys, found, strict=True))
+
+    async def _share_numbers(self, identified: list[tuple[IngestJob, dict[int, tuple]] | Exception]
+                             ) -> dict[UUID, dict[str, int]]:
+        """Per workspace, the number of every file share the valid jobs' events name (their string share_id)."""
+        shares: dict[UUID, set[str]] = {}
+        for outcome in identified:
+            if not isinstance(outcome, Exception):
+                job = outcome[0]
+                named = {item.strings[SHARE_KEY] for item in job.events if SHARE_KEY in item.strings}
+                if named:
+                    shares.setdefault(job.workspace_id, set()).update(named)
+        found = await asyncio.gather(*(self.share_numbers.of(workspace, ids) for workspace, ids in shares.items()))
+        return dict(zip(shares, found, strict=True))
 
     async def _lookup(self, workspace_id: UUID, jobs: list[IngestJob]) -> tuple[list[tuple], dict[str, tuple]]:
         """The customers the jobs name and the stored events their external ids and parents name."""
@@ -216,8 +232,8 @@ def _identified(job: IngestJob, customers: list[tuple]) -> tuple[IngestJob, dict
         return error
 
 
-def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tuple], numbers: dict[str, int]
-             ) -> Prepared:
+def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tuple], numbers: dict[str, int],
+             shares: dict[str, int]) -> Prepared:
     fresh, duplicates = _split_duplicates(job.events, known)
     placed = _place_in_trees(fresh, known)
     # Stamped at the round, not at receipt: a listing pinned to a moment then misses only rows whose insert
@@ -226,7 +242,7 @@ def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tupl
     received_at = to_millisecond(job.received_at)
     stored = [_stored_event(item, placed[item.index], identities[item.index], received_at, ingested_at, job.source)
               for item in fresh]
-    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities, numbers, ingested_at),
+    return Prepared(job, stored, _columns(job.workspace_id, stored, fresh, identities, numbers, shares, ingested_at),
                     duplicates)
 
 
@@ -337,7 +353,7 @@ def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: 
 
 
 def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEvent], identities: dict[int, tuple],
-             numbers: dict[str, int], ingested_at: datetime) -> list[list[Any]]:
+             numbers: dict[str, int], shares: dict[str, int], ingested_at: datetime) -> list[list[Any]]:
     """The events table's rows, column by column and typed as EVENT_INSERT_TYPES says: clickhouse-connect
     takes columns without pivoting rows, and no list per row waits for the insert."""
     count = len(stored)
@@ -367,6 +383,7 @@ def _columns(workspace_id: UUID, stored: list[StoredEvent], fresh: list[ValidEve
         # Exact: ClickHouse reads every digit of the Decimal's text, exponent included.
         [str(item.cost.amount) if item.cost else "0" for item in fresh],
         [item.llm.total_tokens if item.llm else 0 for item in fresh],
+        [shares[item.strings[SHARE_KEY]] if SHARE_KEY in item.strings else 0 for item in fresh],
     ]
 
 

@@ -75,8 +75,9 @@ def _condition(where: Where | None, params: Params) -> str:
     return f" AND mapContains(num, {path}) AND num[{path}] {where.op} {params.bind('v', where.value, 'Float64')}"
 
 
-def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
-    """One aggregate over the events of a period, as a ClickHouse expression."""
+def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params, share_sets: bool) -> str:
+    """One aggregate over the events of a period, as a ClickHouse expression; with `share_sets`, shares are
+    tested against the bitmaps of share_sets (schema/0014) instead of the raw events' share ids."""
     match aggregate:
         case Count(event, where):
             return f"countIf(name = {params.bind('n', event, 'String')}{_condition(where, params)})"
@@ -88,6 +89,10 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
             return "uniqExact(customer_number)"
         case Cost():
             return "sum(cost_amount)"
+        case Converted(event, payment, where) if share_sets:
+            name = params.bind("n", event, "String")
+            return (f"countIf(name = {name}{_condition(where, params)} "
+                    f"AND bitmapContains(({paid_shares_sql(scope.workspace_id, payment, params)}), share_number))")
         case Converted(event, payment, where):
             # Payments at any time up to now, under the same filters as everything else.
             paid = (
@@ -98,6 +103,19 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params) -> str:
             name = params.bind("n", event, "String")
             return f"countIf(name = {name}{_condition(where, params)} AND {SHARE_COLUMN} IN ({paid}))"
     raise TypeError(f"not an aggregate: {aggregate!r}")
+
+
+def paid_shares_sql(workspace_id: UUID, payment: str, params: Params) -> str:
+    """The bitmap of the shares with a `payment` event up to now: the daily share sets before today, today's
+    events up to now from the raw table."""
+    ws, name = params.bind("ws", workspace_id, "UUID"), params.bind("n", payment, "String")
+    return (
+        "SELECT groupBitmapMergeState(shares) FROM ("
+        f"SELECT shares FROM share_sets_1d WHERE workspace_id = {ws} AND name = {name} "
+        f"AND bucket < toStartOfDay(now64(3), 'UTC') "
+        f"UNION ALL SELECT groupBitmapState(share_number) FROM events WHERE workspace_id = {ws} AND name = {name} "
+        "AND share_number > 0 AND timestamp >= toStartOfDay(now64(3), 'UTC') AND timestamp <= now64(3))"
+    )
 
 
 def _compares_with_zero(where: Where | None) -> bool:
@@ -184,12 +202,13 @@ def _event_names(aggregates: Sequence[Aggregate]) -> list[str] | None:
 
 
 async def period_aggregates(
-    client: AsyncClient, scope: Scope, starts: Sequence[datetime], end: datetime, aggregates: Sequence[Aggregate]
+    client: AsyncClient, scope: Scope, starts: Sequence[datetime], end: datetime, aggregates: Sequence[Aggregate],
+    share_sets: bool,
 ) -> dict[int, tuple[Any, ...]]:
     """Every aggregate per period, keyed by the period's index + 1, and over the whole range under key 0.
     Periods come from Python (zone and DST rules live there): each event goes to the last start at or before it."""
     params = Params()
-    columns = ", ".join(aggregate_sql(aggregate, scope, params) for aggregate in aggregates)
+    columns = ", ".join(aggregate_sql(aggregate, scope, params, share_sets) for aggregate in aggregates)
     bounds = params.bind("bounds", [unix_ms(start) for start in starts], "Array(Int64)")
     lo = params.bind("lo", unix_ms(starts[0]), "Int64")
     hi = params.bind("hi", unix_ms(end), "Int64")
@@ -228,3 +247,36 @@ async def active_sessions(
     counts = list(result.result_rows[0][0]) if result.result_rows else []
     # No share at all: ClickHouse answers an empty array.
     return [int(count) for count in counts] if counts else [0] * len(ends)
+
+
+async def active_sessions_from_sets(
+    client: AsyncClient, workspace_id: UUID, definition: ActiveSessions, ends: Sequence[datetime],
+    grains: Sequence[str], splits: dict[str, tuple[int, ...]],
+) -> list[int]:
+    """Per period end b: |shares created before b| - |shares created and ended before b|, from share_sets
+    (schema/0014) at the grains of a plan of [epoch, end 1), [end 1, end 2), ... (app/statistics/service.plan):
+    each bucket lies wholly before some ends, so the shares before b are a union of whole buckets."""
+    params = Params()
+    created = params.bind("n", definition.created, "String")
+    ended = params.bind("n", list(definition.ended), "Array(String)")
+    where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')} AND (name = {created} OR name IN {ended})"
+    parts = " UNION ALL ".join(
+        f"SELECT name, bucket, shares FROM share_sets_{grain} WHERE {where} AND {coverage_sql(grain, grains)}"
+        for grain in grains
+    )
+    boundaries = params.bind("ends", [round(end.timestamp()) for end in ends], "Array(UInt32)")
+    sql = (
+        "SELECT period, bitmapAndnotCardinality(groupBitmapMergeState(c) OVER upto, groupBitmapMergeState(e) OVER upto) "
+        f"FROM (SELECT arrayFirstIndex(b -> toUInt32(bucket) < b, {boundaries}) AS period, "
+        f"groupBitmapMergeStateIf(shares, name = {created}) AS c, groupBitmapMergeStateIf(shares, name IN {ended}) AS e "
+        f"FROM ({parts}) GROUP BY period) "
+        "WINDOW upto AS (ORDER BY period ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) ORDER BY period"
+    )
+    parameters = {**params.values, **split_parameters(splits), "lo": 0, "hi": round(ends[-1].timestamp())}
+    counts = dict((await client.query(sql, parameters=parameters)).result_rows)
+    # A period without a bucket of its own adds no share: it keeps the count of the one before.
+    answer, last = [], 0
+    for period in range(1, len(ends) + 1):
+        last = counts.get(period, last)
+        answer.append(int(last))
+    return answer

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,8 @@ from app.statistics.service import GRAINS, RAW, Period, Plan, TimeRange, json_de
 Value = int | float | Decimal
 AGGREGATES = (Count, Sum, DistinctCustomers, Cost, Converted)
 MAX_SHARES = 1000
+# Where the share sets start: everything before a period's end is a union of their buckets from here.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def metric_list(slugs: list[str] | None) -> list[Metric]:
@@ -128,12 +131,18 @@ class Results:
         return self.running[definition]
 
 
+def _reads_rollups(scope: Scope, grains: Sequence[str]) -> bool:
+    """Whether the rollups may answer: not under filters by share or customer (they keep neither), nor when
+    `grains` = RAW."""
+    filtered = scope.share_ids is not None or scope.customer_keys is not None or scope.customer_ids is not None
+    return not filtered and tuple(grains) != RAW
+
+
 def _sources(scope: Scope, buckets: list[Period], aggregates: list[Aggregate], grains: Sequence[str]
              ) -> tuple[Plan, dict[str | None, list[Aggregate]]]:
     """The plan of the periods and which aggregates each source answers (None: the raw table). Filters by share or
     customer, aggregates the rollups do not keep, and `grains` = RAW read the raw table."""
-    filtered = scope.share_ids is not None or scope.customer_keys is not None or scope.customer_ids is not None
-    raw = filtered or tuple(grains) == RAW
+    raw = not _reads_rollups(scope, grains)
     source = plan([(bucket.start, bucket.end) for bucket in buckets], GRAINS if raw else grains, raw)
     groups: dict[str | None, list[Aggregate]] = {}
     for aggregate in aggregates:
@@ -148,10 +157,11 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
     states = [definition for definition in needed if isinstance(definition, ActiveSessions)]
     starts, ends = [bucket.start for bucket in buckets], [bucket.end for bucket in buckets]
     source, groups = _sources(scope, buckets, aggregates, grains)
-    jobs = [queries.active_sessions(client, scope, state, ends) for state in states]
+    share_sets = _reads_rollups(scope, grains)
+    jobs = [_active_sessions(client, scope, state, ends, grains if share_sets else RAW) for state in states]
     for table, members in groups.items():
         jobs.append(
-            queries.period_aggregates(client, scope, starts, ends[-1], members) if table is None else
+            queries.period_aggregates(client, scope, starts, ends[-1], members, share_sets) if table is None else
             queries.rollup_aggregates(client, scope.workspace_id, table, source.grains, source.splits, starts,
                                       ends[-1], members)
         )
@@ -164,6 +174,16 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
             for aggregate, value in zip(members, row, strict=True):
                 by_aggregate[aggregate][index] = value
     return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])), source.label)
+
+
+def _active_sessions(client: AsyncClient, scope: Scope, definition: ActiveSessions, ends: list[datetime],
+                     grains: Sequence[str]) -> Awaitable[list[int]]:
+    """From the share sets where whole buckets make up everything before each period end, else from raw rows."""
+    history = plan([(EPOCH, ends[0]), *zip(ends, ends[1:])], grains, tuple(grains) == RAW)
+    if history.grains == RAW:
+        return queries.active_sessions(client, scope, definition, ends)
+    return queries.active_sessions_from_sets(client, scope.workspace_id, definition, ends, history.grains,
+                                             history.splits)
 
 
 def _json(value: Value) -> Value:
