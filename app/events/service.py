@@ -15,12 +15,12 @@ import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.customers.numbers import CustomerNumbers
-from app.events.numbers import SHARE_KEY, SHARE_NUMBERING, DenseNumbers
 from app.customers.queries import customers_by_reference
 from app.customers.service import customer_key
 from app.errors import StoreUnavailable, invalid
 from app.events import queries
 from app.events.claims import LocalClaims, RedisClaims
+from app.events.numbers import SHARE_KEY, SHARE_NUMBERING, DenseNumbers
 from app.events.queries import EVENT_COLUMNS, EVENT_INSERT_TYPES, EventFilter
 from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
 from app.events.validation import BatchInvalid, ValidEvent

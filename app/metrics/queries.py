@@ -1,6 +1,7 @@
-"""The SQL of the metrics dashboard, over the rollups of schema/0003 and 0006 where they keep what an aggregate
-needs, and over the raw events table otherwise. Every value is a bound parameter; the only text that varies is
-parameter names the engine numbers, rollup table names and comparison operators from catalog.Where's closed set."""
+"""The SQL of the metrics dashboard, over the rollups of schema/0003, 0006 and 0014 where they keep what an
+aggregate needs, and over the raw events table otherwise. Every value is a bound parameter; the only text that
+varies is parameter names the engine numbers, rollup table names and comparison operators from catalog.Where's
+closed set."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
 # The rollup tables (one per grain, e.g. event_stats_1h) and the columns an aggregate reads from them.
 EVENT_STATS = "event_stats"
 FIELD_STATS = "field_stats"
+SHARE_SETS = "share_sets"
 ROLLUP_COLUMNS = {
     EVENT_STATS: "name, bucket, occurrences, customers",
     FIELD_STATS: "field, name, bucket, sign, value_count, value_total, exact_total",
@@ -111,7 +113,7 @@ def paid_shares_sql(workspace_id: UUID, payment: str, params: Params) -> str:
     ws, name = params.bind("ws", workspace_id, "UUID"), params.bind("n", payment, "String")
     return (
         "SELECT groupBitmapMergeState(shares) FROM ("
-        f"SELECT shares FROM share_sets_1d WHERE workspace_id = {ws} AND name = {name} "
+        f"SELECT shares FROM {SHARE_SETS}_1d WHERE workspace_id = {ws} AND name = {name} "
         f"AND bucket < toStartOfDay(now64(3), 'UTC') "
         f"UNION ALL SELECT groupBitmapState(share_number) FROM events WHERE workspace_id = {ws} AND name = {name} "
         "AND share_number > 0 AND timestamp >= toStartOfDay(now64(3), 'UTC') AND timestamp <= now64(3))"
@@ -179,10 +181,7 @@ async def rollup_aggregates(
     params = Params()
     columns = ", ".join(rollup_column(aggregate, params) for aggregate in aggregates)
     where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')}{_rollup_filter(table, aggregates, params)}"
-    parts = " UNION ALL ".join(
-        f"SELECT {ROLLUP_COLUMNS[table]} FROM {table}_{grain} WHERE {where} AND {coverage_sql(grain, grains)}"
-        for grain in grains
-    )
+    parts = _grains_union(table, ROLLUP_COLUMNS[table], where, grains)
     bounds = params.bind("bounds", [round(start.timestamp()) for start in starts], "Array(UInt32)")
     sql = (
         f"SELECT arrayLastIndex(b -> b <= toUInt32(bucket), {bounds}) AS period, {columns} "
@@ -192,6 +191,13 @@ async def rollup_aggregates(
                   "lo": round(starts[0].timestamp()), "hi": round(end.timestamp())}
     result = await client.query(sql, parameters=parameters)
     return {row[0]: tuple(row[1:]) for row in result.result_rows}
+
+
+def _grains_union(table: str, columns: str, where: str, grains: Sequence[str]) -> str:
+    """The rows of a rollup (`table`_<grain>) a plan takes at each of its grains, as one UNION ALL."""
+    return " UNION ALL ".join(
+        f"SELECT {columns} FROM {table}_{grain} WHERE {where} AND {coverage_sql(grain, grains)}" for grain in grains
+    )
 
 
 def _event_names(aggregates: Sequence[Aggregate]) -> list[str] | None:
@@ -260,15 +266,14 @@ async def active_sessions_from_sets(
     created = params.bind("n", definition.created, "String")
     ended = params.bind("n", list(definition.ended), "Array(String)")
     where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')} AND (name = {created} OR name IN {ended})"
-    parts = " UNION ALL ".join(
-        f"SELECT name, bucket, shares FROM share_sets_{grain} WHERE {where} AND {coverage_sql(grain, grains)}"
-        for grain in grains
-    )
+    parts = _grains_union(SHARE_SETS, "name, bucket, shares", where, grains)
     boundaries = params.bind("ends", [round(end.timestamp()) for end in ends], "Array(UInt32)")
     sql = (
-        "SELECT period, bitmapAndnotCardinality(groupBitmapMergeState(c) OVER upto, groupBitmapMergeState(e) OVER upto) "
+        "SELECT period, "
+        "bitmapAndnotCardinality(groupBitmapMergeState(c) OVER upto, groupBitmapMergeState(e) OVER upto) "
         f"FROM (SELECT arrayFirstIndex(b -> toUInt32(bucket) < b, {boundaries}) AS period, "
-        f"groupBitmapMergeStateIf(shares, name = {created}) AS c, groupBitmapMergeStateIf(shares, name IN {ended}) AS e "
+        f"groupBitmapMergeStateIf(shares, name = {created}) AS c, "
+        f"groupBitmapMergeStateIf(shares, name IN {ended}) AS e "
         f"FROM ({parts}) GROUP BY period) "
         "WINDOW upto AS (ORDER BY period ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) ORDER BY period"
     )
