@@ -131,12 +131,21 @@ class EventStore:
     async def _process(self, jobs: list[IngestJob]) -> list[IngestResult | Exception]:
         """One round: lookups per workspace, each job checked on its own, one insert, then publishing."""
         workspaces = {job.workspace_id for job in jobs}
-        lookups = dict(zip(workspaces, await asyncio.gather(
-            *(self._lookup(workspace, [job for job in jobs if job.workspace_id == workspace]) for workspace in workspaces)
-        ), strict=True))
+        # Shares are numbered from the events alone, so alongside the lookups (a share of a batch found invalid
+        # or duplicate keeps an unused number: numbers need to be dense, not gapless).
+        found, shares = await asyncio.gather(
+            asyncio.gather(*(self._lookup(workspace, [job for job in jobs if job.workspace_id == workspace])
+                             for workspace in workspaces)),
+            self._share_numbers(jobs), return_exceptions=True,
+        )
+        if isinstance(found, BaseException):
+            raise found
+        lookups = dict(zip(workspaces, found, strict=True))
         identified = [_identified(job, lookups[job.workspace_id][0]) for job in jobs]
         try:
-            numbers, shares = await asyncio.gather(self._customer_numbers(identified), self._share_numbers(identified))
+            if isinstance(shares, BaseException):
+                raise shares
+            numbers = await self._customer_numbers(identified)
         except Exception as error:  # noqa: BLE001
             log.warning("customer or share numbers unavailable: %s", error)
             return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in identified]
@@ -179,16 +188,13 @@ class EventStore:
         found = await asyncio.gather(*(self.numbers.of(workspace, names) for workspace, names in keys.items()))
         return dict(zip(keys, found, strict=True))
 
-    async def _share_numbers(self, identified: list[tuple[IngestJob, dict[int, tuple]] | Exception]
-                             ) -> dict[UUID, dict[str, int]]:
-        """Per workspace, the number of every file share the valid jobs' events name (their string share_id)."""
+    async def _share_numbers(self, jobs: list[IngestJob]) -> dict[UUID, dict[str, int]]:
+        """Per workspace, the number of every file share the jobs' events name (their string share_id)."""
         shares: dict[UUID, set[str]] = {}
-        for outcome in identified:
-            if not isinstance(outcome, Exception):
-                job = outcome[0]
-                named = {item.strings[SHARE_KEY] for item in job.events if SHARE_KEY in item.strings}
-                if named:
-                    shares.setdefault(job.workspace_id, set()).update(named)
+        for job in jobs:
+            named = {item.strings[SHARE_KEY] for item in job.events if SHARE_KEY in item.strings}
+            if named:
+                shares.setdefault(job.workspace_id, set()).update(named)
         found = await asyncio.gather(*(self.share_numbers.of(workspace, ids) for workspace, ids in shares.items()))
         return dict(zip(shares, found, strict=True))
 
