@@ -109,19 +109,42 @@ def test_customers_first_named_at_once_in_two_processes_get_one_number_each(
     assert sorted(stored) == sorted(numbers)
 
 
-def test_a_refused_number_is_a_503_and_nothing_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
-    alter(clickhouse_url, "ALTER TABLE customer_numbers ADD CONSTRAINT refuse_for_test CHECK 0 = 1")
-    body = {"events": [{"name": "numbering.test", "external_customer_id": "new-customer", "external_id": "n1"}]}
+def test_shares_first_named_at_once_in_two_processes_get_one_number_each(
+    api: TestClient, two_processes: list[ApiProcess], clickhouse_url: str
+) -> None:
+    tenant = create_tenant(api)
+    shares = [f"share-{i}" for i in range(300)]
+    rng = random.Random(12)
+    batches = [[{"name": "file_share.downloaded", "external_customer_id": "c", "metadata": {"share_id": share}}
+                for share in rng.sample(shares, 100)] for _ in range(24)]
+    post_at_once(two_processes, tenant, [{"events": events} for events in batches])
+    numbers = run_sql(clickhouse_url, "SELECT share_id, number FROM share_numbers WHERE workspace_id = {w:UUID}",
+                      {"w": tenant.id})
+    # One number per share, none shared, dense from 1; every event carries its share's.
+    assert sorted(share for share, _ in numbers) == sorted(shares)
+    assert sorted(number for _, number in numbers) == list(range(1, len(shares) + 1))
+    stored = run_sql(clickhouse_url, "SELECT DISTINCT share_id, share_number FROM events WHERE workspace_id = {w:UUID}",
+                     {"w": tenant.id})
+    assert sorted(stored) == sorted(numbers)
+
+
+@pytest.mark.parametrize("table", ["customer_numbers", "share_numbers"])
+def test_a_refused_number_is_a_503_and_nothing_is_stored(
+    api: TestClient, clickhouse_url: str, tenant: Tenant, table: str
+) -> None:
+    alter(clickhouse_url, f"ALTER TABLE {table} ADD CONSTRAINT refuse_for_test CHECK 0 = 1")
+    body = {"events": [{"name": "numbering.test", "external_customer_id": "new-customer", "external_id": "n1",
+                        "metadata": {"share_id": "new-share"}}]}
     try:
         refused = api.post("/api/events/ingest", json=body, headers=tenant.headers)
     finally:
-        alter(clickhouse_url, "ALTER TABLE customer_numbers DROP CONSTRAINT refuse_for_test")
+        alter(clickhouse_url, f"ALTER TABLE {table} DROP CONSTRAINT refuse_for_test")
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert "refuse_for_test" not in refused.text
     assert stored_counts(clickhouse_url, tenant.id) == {}
     assert api.post("/api/events/ingest", json=body, headers=tenant.headers).json() == {"inserted": 1, "duplicates": 0}
-    assert run_sql(clickhouse_url, "SELECT customer_number FROM events WHERE workspace_id = {w:UUID}",
-                   {"w": tenant.id}) == [(1,)]
+    assert run_sql(clickhouse_url, "SELECT customer_number, share_number FROM events WHERE workspace_id = {w:UUID}",
+                   {"w": tenant.id}) == [(1, 1)]
 
 
 def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
