@@ -5,6 +5,7 @@ closed set."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,11 @@ from app.statistics.queries import COST_FIELD, coverage_sql, split_parameters
 SHARE_COLUMN = "share_id"
 # Larger than any event's Unix milliseconds: "never ended".
 NEVER_MS = 2**62
+# Slot sizes (ms, largest first) a period's bounds may be whole numbers of, and at most how many slots a range maps
+# (a bound parameter of that many numbers stays far inside ClickHouse's limit on a URL).
+SLOT_MS = (86_400_000, 3_600_000, 900_000)
+MAX_SLOTS = 10_000
+ROW_MS = "toUnixTimestamp64Milli(timestamp)"
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
 # The rollup tables (one per grain, e.g. event_stats_1h) and the columns an aggregate reads from them.
 EVENT_STATS = "event_stats"
@@ -215,20 +221,36 @@ async def period_aggregates(
     Periods come from Python (zone and DST rules live there): each event goes to the last start at or before it."""
     params = Params()
     columns = ", ".join(aggregate_sql(aggregate, scope, params, share_sets) for aggregate in aggregates)
-    bounds = params.bind("bounds", [unix_ms(start) for start in starts], "Array(Int64)")
     lo = params.bind("lo", unix_ms(starts[0]), "Int64")
     hi = params.bind("hi", unix_ms(end), "Int64")
     names = _event_names(aggregates)
     # The table's order starts (workspace, name): aggregates of some names read only those names' rows.
     only = "" if names is None else f"AND name IN {params.bind('names', names, 'Array(String)')} "
     sql = (
-        f"SELECT arrayLastIndex(b -> b <= toUnixTimestamp64Milli(timestamp), {bounds}) AS period, {columns} "
+        f"SELECT {_period_of_row(starts, end, lo, params)} AS period, {columns} "
         f"FROM events WHERE {scope.where(params)} {only}"
         f"AND timestamp >= fromUnixTimestamp64Milli({lo}, 'UTC') AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
         "GROUP BY GROUPING SETS ((period), ())"
     )
     result = await client.query(sql, parameters=params.values)
     return {row[0]: tuple(row[1:]) for row in result.result_rows}
+
+
+def _period_of_row(starts: Sequence[datetime], end: datetime, lo: str, params: Params) -> str:
+    """SQL of the 1-based period of a raw row of [starts[0], end): the last start at or before it. Where every
+    bound is a whole number of slots of some size (a day, an hour, 15 minutes: local midnights and hours are),
+    a bound array maps each slot of the range to its period, one lookup a row; otherwise a search of the starts,
+    which costs a lambda over every start for every row (10-13 of 60 ms for 172k rows and 30 periods)."""
+    bounds = [unix_ms(start) for start in starts]
+    for slot in SLOT_MS:
+        if all(bound % slot == 0 for bound in (*bounds, unix_ms(end))):
+            count = (unix_ms(end) - bounds[0]) // slot
+            if count <= MAX_SLOTS:
+                slots = params.bind("slots", [bisect_right(bounds, bounds[0] + i * slot) for i in range(count)],
+                                    "Array(UInt32)")
+                return f"{slots}[intDiv({ROW_MS} - {lo}, {slot}) + 1]"
+            break
+    return f"arrayLastIndex(b -> b <= {ROW_MS}, {params.bind('bounds', bounds, 'Array(Int64)')})"
 
 
 async def active_sessions(
