@@ -185,8 +185,7 @@ class EventStore:
             if not isinstance(outcome, Exception):
                 job, identities = outcome
                 keys.setdefault(job.workspace_id, set()).update(identity[0] for identity in identities.values())
-        found = await asyncio.gather(*(self.numbers.of(workspace, names) for workspace, names in keys.items()))
-        return dict(zip(keys, found, strict=True))
+        return await self.numbers.per_workspace(keys)
 
     async def _share_numbers(self, jobs: list[IngestJob]) -> dict[UUID, dict[str, int]]:
         """Per workspace, the number of every file share the jobs' events name (their string share_id)."""
@@ -195,8 +194,7 @@ class EventStore:
             named = {item.strings[SHARE_KEY] for item in job.events if SHARE_KEY in item.strings}
             if named:
                 shares.setdefault(job.workspace_id, set()).update(named)
-        found = await asyncio.gather(*(self.share_numbers.of(workspace, ids) for workspace, ids in shares.items()))
-        return dict(zip(shares, found, strict=True))
+        return await self.share_numbers.per_workspace(shares)
 
     async def _lookup(self, workspace_id: UUID, jobs: list[IngestJob]) -> tuple[list[tuple], dict[str, tuple]]:
         """The customers the jobs name and the stored events their external ids and parents name."""

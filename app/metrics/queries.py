@@ -25,6 +25,7 @@ NEVER_MS = 2**62
 # (a bound parameter of that many numbers stays far inside ClickHouse's limit on a URL).
 SLOT_MS = (86_400_000, 3_600_000, 900_000)
 MAX_SLOTS = 10_000
+# A raw row's instant in Unix milliseconds.
 ROW_MS = "toUnixTimestamp64Milli(timestamp)"
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
 # The rollup tables (one per grain, e.g. event_stats_1h) and the columns an aggregate reads from them.
@@ -241,10 +242,10 @@ def _period_of_row(starts: Sequence[datetime], end: datetime, lo: str, params: P
     bound is a whole number of slots of some size (a day, an hour, 15 minutes: local midnights and hours are),
     a bound array maps each slot of the range to its period, one lookup a row; otherwise a search of the starts,
     which costs a lambda over every start for every row (10-13 of 60 ms for 172k rows and 30 periods)."""
-    bounds = [unix_ms(start) for start in starts]
+    bounds, end_ms = [unix_ms(start) for start in starts], unix_ms(end)
     for slot in SLOT_MS:
-        if all(bound % slot == 0 for bound in (*bounds, unix_ms(end))):
-            count = (unix_ms(end) - bounds[0]) // slot
+        if all(bound % slot == 0 for bound in (*bounds, end_ms)):
+            count = (end_ms - bounds[0]) // slot
             if count <= MAX_SLOTS:
                 slots = params.bind("slots", [bisect_right(bounds, bounds[0] + i * slot) for i in range(count)],
                                     "Array(UInt32)")
@@ -262,11 +263,10 @@ async def active_sessions(
     ended = params.bind("n", list(definition.ended), "Array(String)")
     boundaries = params.bind("ends", [unix_ms(end) for end in ends], "Array(Int64)")
     hi = params.bind("hi", unix_ms(ends[-1]), "Int64")
-    ms = "toUnixTimestamp64Milli(timestamp)"
     sql = (
         f"SELECT sumForEach(arrayMap(b -> toUInt64(created < b AND ended >= b), {boundaries})) FROM ("
-        f"SELECT assumeNotNull({SHARE_COLUMN}) AS share, minIf({ms}, name = {created}) AS created, "
-        f"ifNull(minIfOrNull({ms}, name IN {ended}), {NEVER_MS}) AS ended "
+        f"SELECT assumeNotNull({SHARE_COLUMN}) AS share, minIf({ROW_MS}, name = {created}) AS created, "
+        f"ifNull(minIfOrNull({ROW_MS}, name IN {ended}), {NEVER_MS}) AS ended "
         f"FROM events WHERE {scope.where(params)} AND (name = {created} OR name IN {ended}) "
         f"AND {SHARE_COLUMN} IS NOT NULL AND timestamp < fromUnixTimestamp64Milli({hi}, 'UTC') "
         f"GROUP BY share HAVING countIf(name = {created}) > 0)"

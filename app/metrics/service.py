@@ -101,7 +101,7 @@ class Results:
     count: int
     aggregates: dict[Aggregate, dict[int | None, Value]]
     states: dict[ActiveSessions, list[int]]
-    # The rollup grains that answered ("1d", "1h+15m", ...) or "raw"; the share-level metrics always read raw.
+    # The rollup grains that answered the periods ("1d", "1h+15m", ...) or "raw".
     source: str
     running: dict[Running, list[Value]] = dataclasses.field(default_factory=dict)
 
@@ -138,11 +138,10 @@ def _reads_rollups(scope: Scope, grains: Sequence[str]) -> bool:
     return not filtered and tuple(grains) != RAW
 
 
-def _sources(scope: Scope, buckets: list[Period], aggregates: list[Aggregate], grains: Sequence[str]
+def _sources(buckets: list[Period], aggregates: list[Aggregate], grains: Sequence[str], raw: bool
              ) -> tuple[Plan, dict[str | None, list[Aggregate]]]:
-    """The plan of the periods and which aggregates each source answers (None: the raw table). Filters by share or
-    customer, aggregates the rollups do not keep, and `grains` = RAW read the raw table."""
-    raw = not _reads_rollups(scope, grains)
+    """The plan of the periods and which aggregates each source answers (None: the raw table). With `raw`, and
+    for aggregates the rollups do not keep, the raw table."""
     source = plan([(bucket.start, bucket.end) for bucket in buckets], GRAINS if raw else grains, raw)
     groups: dict[str | None, list[Aggregate]] = {}
     for aggregate in aggregates:
@@ -156,9 +155,9 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
     aggregates = [definition for definition in needed if isinstance(definition, AGGREGATES)]
     states = [definition for definition in needed if isinstance(definition, ActiveSessions)]
     starts, ends = [bucket.start for bucket in buckets], [bucket.end for bucket in buckets]
-    source, groups = _sources(scope, buckets, aggregates, grains)
     share_sets = _reads_rollups(scope, grains)
-    jobs = [_active_sessions(client, scope, state, ends, grains if share_sets else RAW) for state in states]
+    source, groups = _sources(buckets, aggregates, grains, not share_sets)
+    jobs = [_active_sessions(client, scope, state, ends, grains, not share_sets) for state in states]
     for table, members in groups.items():
         jobs.append(
             queries.period_aggregates(client, scope, starts, ends[-1], members, share_sets) if table is None else
@@ -177,9 +176,10 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
 
 
 def _active_sessions(client: AsyncClient, scope: Scope, definition: ActiveSessions, ends: list[datetime],
-                     grains: Sequence[str]) -> Awaitable[list[int]]:
-    """From the share sets where whole buckets make up everything before each period end, else from raw rows."""
-    history = plan([(EPOCH, ends[0]), *zip(ends, ends[1:])], grains, tuple(grains) == RAW)
+                     grains: Sequence[str], raw: bool) -> Awaitable[list[int]]:
+    """From the share sets where whole buckets make up everything before each period end, else (and with `raw`)
+    from raw rows."""
+    history = plan([(EPOCH, ends[0]), *zip(ends, ends[1:])], GRAINS if raw else grains, raw)
     if history.grains == RAW:
         return queries.active_sessions(client, scope, definition, ends)
     return queries.active_sessions_from_sets(client, scope.workspace_id, definition, ends, history.grains,
