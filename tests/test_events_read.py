@@ -24,6 +24,9 @@ def generated(seed: int = 3, count: int = 300) -> list[dict]:
             metadata["retries"] = rng.choice([0, 2])
         if i % 4 == 0:
             del metadata["flag"]
+        # An empty string is a value of its own: `meta[note]=` must not take a missing key for it.
+        if i % 5 != 0:
+            metadata["note"] = rng.choice(["", "x"])
         events.append({
             "name": rng.choice(["page.view", "api.call", "job.done"]),
             "timestamp": (BASE + timedelta(minutes=rng.randrange(0, 3 * 24 * 60))).isoformat(),
@@ -79,6 +82,7 @@ FILTERS = [
     ({"source": "user", "depth": 0}, lambda e: True),
     ({"source": "system"}, lambda e: False),
     ({"meta[status]": "nope"}, lambda e: False),
+    ({"meta[note]": ""}, lambda e: e["metadata"].get("note") == ""),
 ]
 
 

@@ -62,14 +62,11 @@ class EventFilter:
 
     def add_metadata_match(self, path: str, value: str) -> None:
         """`meta[path]=value`: a number or boolean compares as such, any value also as the string sent. Matched on
-        meta_pairs (schema/0012), which holds the leaves present: an empty value also matches events without the
-        leaf (the string map's default), so it reads the map."""
+        meta_pairs (schema/0012), which holds only the leaves present, so an event without the leaf never matches
+        (not even `meta[path]=`, which matches an empty string)."""
         n = len(self.parameters)
         key, text = f"mk{n}", f"mv{n}"
         parameters: dict[str, Any] = {key: path, text: value}
-        if value == "":
-            self.add(f"str[{{{key}:String}}] = {{{text}:String}}", **parameters)
-            return
         pairs = [metadata_pair(key, "s", f"{{{text}:String}}")]
         number = _as_number(value)
         if number is not None:
