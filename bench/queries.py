@@ -70,10 +70,13 @@ WITH
     1 + cityHash64(number, 12) % 1000 AS completion,
     cityHash64(number, 5) % 10000 AS customer_index,
     'cust-' || toString(customer_index) AS customer,
-    -- File sharing as CONTRACT.md section 4 has it: about 8 consecutive events per share, half of them free.
+    -- File sharing as CONTRACT.md section 4 has it: 8 consecutive events a share, in one workspace, the first its
+    -- creation (the only one), half of the shares free; the others' names are drawn at random.
+    intDiv(number, 8) AS share_index,
+    names[1 + cityHash64(number, 3) % length(names)] AS drawn,
     startsWith(name, 'file_share.') AS sharing,
-    'sh-' || toString(intDiv(number, 8)) AS share,
-    if(cityHash64(number, 13) % 2 = 0, 0, 100 + cityHash64(number, 14) % 5000) AS price,
+    'sh-' || toString(share_index) AS share,
+    if(cityHash64(share_index, 13) % 2 = 0, 0, 100 + cityHash64(share_index, 14) % 5000) AS price,
     cityHash64(number, 15) % 100000000 AS bytes,
     multiIf(name = 'file_share.created', concat(',"share_id":"', share, '","price_cents":', toString(price)),
             name = 'file_share.downloaded', concat(',"share_id":"', share, '","bytes":', toString(bytes)),
@@ -81,9 +84,9 @@ WITH
                                                           toString(price), ',"platform_fee_cents":', toString(price / 10)),
             sharing, concat(',"share_id":"', share, '"'), '') AS sharing_json
 SELECT
-    workspace_ids[if(cityHash64(number, 1) % 100 < 40, 1, 2 + cityHash64(number, 2) % 49)] AS workspace_id,
+    workspace_ids[if(cityHash64(share_index, 1) % 100 < 40, 1, 2 + cityHash64(share_index, 2) % 49)] AS workspace_id,
     generateUUIDv4(number) AS id,
-    names[1 + cityHash64(number, 3) % length(names)] AS name,
+    multiIf(number % 8 = 0, 'file_share.created', drawn = 'file_share.created', 'file_share.downloaded', drawn) AS name,
     fromUnixTimestamp64Milli(toInt64({t0:Int64} + intDiv((number - {first:UInt64}) * {span:UInt64}, {count:UInt64})
                              + cityHash64(number, 4) % 60000), 'UTC') AS timestamp,
     now64(3) AS ingested_at,
@@ -120,7 +123,7 @@ SELECT
     cost AS cost_amount,
     if(llm, prompt + completion, 0) AS llm_total_tokens,
     -- Numbered as the API numbers shares (app/events/numbers.py): one number per share id in a workspace.
-    if(sharing, toUInt32(intDiv(number, 8) + 1), 0) AS share_number
+    if(sharing, toUInt32(share_index + 1), 0) AS share_number
 FROM numbers({block:UInt64}, {block_rows:UInt64})
 """
 

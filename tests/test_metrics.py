@@ -413,3 +413,63 @@ def test_conversion_counts_payments_up_to_now(api: TestClient, tenant: Tenant) -
     assert response.headers[SOURCE_HEADER] == "1d"
     totals = response.json()["totals"]
     assert (totals["paid_file_shares"], totals["payment_conversion_rate"]) == (4, 50.0)
+
+
+def raw_reads(settings, monkeypatch, workspace: str, start: date, end: date, interval: str, zone: str,
+              metrics: list[str]) -> tuple[dict[str, Any], list[list[str]]]:
+    """The dashboard's answer from the service, and the aggregates each of its raw-table reads answered."""
+    reads: list[list[str]] = []
+    period_aggregates = queries.period_aggregates
+
+    async def recorded(client, scope, starts, end, aggregates, share_sets):
+        reads.append([type(aggregate).__name__ for aggregate in aggregates])
+        return await period_aggregates(client, scope, starts, end, aggregates, share_sets)
+
+    monkeypatch.setattr(queries, "period_aggregates", recorded)
+    span = time_range(start.isoformat(), end.isoformat(), interval, zone)
+
+    async def answer() -> dict[str, Any]:
+        client = await connect(settings.clickhouse_url)
+        try:
+            found, _ = await service.dashboard(client, uuid.UUID(workspace), span,
+                                               [metric for metric in CATALOG if metric.slug in metrics])
+            return json.loads(ENCODER.encode(found))
+        finally:
+            await client.close()
+
+    return asyncio.run(answer()), reads
+
+
+@pytest.mark.parametrize(("interval", "zone"), [("day", "America/New_York"), ("hour", "UTC")])
+def test_conversion_reads_share_sets(settings, dataset: Dataset, monkeypatch, interval: str, zone: str) -> None:
+    """Each share of the generated data is created once: the converted shares come from the share sets, and the
+    raw table is never read (the brute-force tests above check their values)."""
+    start, end = range_of(interval)
+    answer, reads = raw_reads(settings, monkeypatch, dataset.tenant.id, start, end, interval, zone,
+                              ["payment_conversion_rate"])
+    reference = file_share_metrics(dataset.events, start, end, interval, zone, None, None, datetime.now(UTC))
+    assert reads == []
+    assert close(answer["totals"]["payment_conversion_rate"], reference["totals"]["payment_conversion_rate"])
+
+
+def test_conversion_counts_a_share_created_twice_twice(settings, api: TestClient, tenant: Tenant,
+                                                       monkeypatch) -> None:
+    """The metric counts created events, the sets count shares: where a share is created twice in one period the
+    sets cannot tell, and the raw rows answer (from the sets this day would convert 1 of 3, not 2)."""
+    day = datetime(2026, 10, 5, 9, tzinfo=UTC)
+    events = []
+    for number, (share, paid) in enumerate([("twice", True), ("twice", True), ("never", False), ("once", True)]):
+        moment = day + timedelta(days=number // 3, hours=number)
+        events.append({"name": "file_share.created", "timestamp": stamp(moment), "external_customer_id": "c",
+                       "external_id": f"c-{number}", "metadata": {"share_id": share, "price_cents": 100}})
+        if paid:
+            events.append({"name": "file_share.payment_completed", "timestamp": stamp(moment + timedelta(days=3)),
+                           "external_customer_id": "c", "external_id": f"p-{number}",
+                           "metadata": {"share_id": share, "amount_cents": 100}})
+    ingest(api, tenant, events)
+    answer, reads = raw_reads(settings, monkeypatch, tenant.id, day.date(), day.date() + timedelta(days=1), "day",
+                              "UTC", ["payment_conversion_rate", "paid_file_shares"])
+    assert [(p["paid_file_shares"], p["payment_conversion_rate"]) for p in answer["periods"]] == [
+        (3, pytest.approx(200 / 3)), (1, 100.0)]
+    assert (answer["totals"]["paid_file_shares"], answer["totals"]["payment_conversion_rate"]) == (4, 75.0)
+    assert reads == [["Converted"]]

@@ -444,6 +444,7 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
     for index, event in enumerate(events):  # for the share column (0013): string share ids, and a number
         if index % 3:
             event["metadata"]["share_id"] = f"sh-{index % 7}" if index % 3 == 1 else index
+            event["metadata"]["price_cents"] = index % 5 - 2  # of every sign, for the share sets by sign (0015)
     first, later = migration_files()[:2], migration_files()[2:]
     for path in first:
         shutil.copy(path, schema_copy / path.name)
@@ -502,6 +503,14 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             raw_sets = await client.query("SELECT name, toStartOfDay(timestamp) AS bucket, arraySort(groupUniqArray("
                                           "share_number)) FROM events WHERE share_number > 0 GROUP BY ALL ORDER BY ALL")
             assert sets.result_rows == raw_sets.result_rows and sets.result_rows
+            # So do the sets by numeric field and sign (0015).
+            sets = await client.query("SELECT name, field, sign, bucket, arraySort(bitmapToArray("
+                                      "groupBitmapMergeState(shares))) FROM share_field_sets_1d GROUP BY ALL ORDER BY ALL")
+            raw_sets = await client.query(
+                "SELECT name, field, toInt8(sign(value)), toStartOfDay(timestamp) AS bucket, arraySort(groupUniqArray("
+                "share_number)) FROM events ARRAY JOIN CAST(mapKeys(num), 'Array(String)') AS field, mapValues(num) "
+                "AS value WHERE share_number > 0 GROUP BY ALL ORDER BY ALL")
+            assert sets.result_rows == raw_sets.result_rows and {row[2] for row in sets.result_rows} == {-1, 0, 1}
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")

@@ -1,4 +1,4 @@
-"""The SQL of the metrics dashboard, over the rollups of schema/0003, 0006 and 0014 where they keep what an
+"""The SQL of the metrics dashboard, over the rollups of schema/0003, 0006, 0014 and 0015 where they keep what an
 aggregate needs, and over the raw events table otherwise. Every value is a bound parameter; the only text that
 varies is parameter names the engine numbers, rollup table names and comparison operators from catalog.Where's
 closed set."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,6 +25,8 @@ NEVER_MS = 2**62
 # (a bound parameter of that many numbers stays far inside ClickHouse's limit on a URL).
 SLOT_MS = (86_400_000, 3_600_000, 900_000)
 MAX_SLOTS = 10_000
+# Where history starts: everything before a period's end is a union of buckets from here.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A raw row's instant in Unix milliseconds.
 ROW_MS = "toUnixTimestamp64Milli(timestamp)"
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
@@ -32,6 +34,9 @@ OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
 EVENT_STATS = "event_stats"
 FIELD_STATS = "field_stats"
 SHARE_SETS = "share_sets"
+SHARE_FIELD_SETS = "share_field_sets"
+# The rollups of shares, which answer Converted (converted_from_sets).
+SET_TABLES = (SHARE_SETS, SHARE_FIELD_SETS)
 ROLLUP_COLUMNS = {
     EVENT_STATS: "name, bucket, occurrences, customers",
     FIELD_STATS: "field, name, bucket, sign, value_count, value_total, exact_total",
@@ -141,11 +146,43 @@ def rollup_table(aggregate: Aggregate) -> str | None:
             return FIELD_STATS
         case Cost():
             return FIELD_STATS
+        case Converted(_, _, where) if _compares_with_zero(where):
+            return SHARE_SETS if where is None else SHARE_FIELD_SETS
     return None
+
+
+def shares_counted(converted: Converted) -> Count:
+    """The events whose shares `converted_from_sets` unites: while each share has at most one of them in a period,
+    the union's size is their count there, and the union's shares counted are the events counted."""
+    return Count(converted.event, converted.where)
 
 
 def _sign_condition(where: Where | None) -> str:
     return "" if where is None else f" AND sign {where.op} 0"
+
+
+async def converted_from_sets(
+    client: AsyncClient, workspace_id: UUID, converted: Converted, grains: Sequence[str],
+    splits: dict[str, tuple[int, ...]], starts: Sequence[datetime], end: datetime,
+) -> dict[int, tuple[int, int]]:
+    """Per period (keyed as period_aggregates keys them, without the range's key 0): how many shares with a
+    `converted.event` meeting its condition in the period have a payment up to now, and how many such shares
+    there are; from the share sets (schema/0014, 0015) at the grains of a plan."""
+    params = Params()
+    where = (f"workspace_id = {params.bind('ws', workspace_id, 'UUID')} "
+             f"AND name = {params.bind('n', converted.event, 'String')}")
+    table = rollup_table(converted)
+    if table == SHARE_FIELD_SETS:
+        where += f" AND field = {params.bind('path', converted.where.path, 'String')}{_sign_condition(converted.where)}"
+    parts = _grains_union(table, "bucket, shares", where, grains)
+    paid = paid_shares_sql(workspace_id, converted.payment, params)
+    sql = (
+        f"SELECT period, bitmapAndCardinality(shares, ({paid})), bitmapCardinality(shares) FROM ("
+        f"SELECT {_period_of_bucket(starts, params)} AS period, groupBitmapMergeState(shares) AS shares "
+        f"FROM ({parts}) GROUP BY period)"
+    )
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end))
+    return {row[0]: (row[1], row[2]) for row in result.result_rows}
 
 
 def rollup_column(aggregate: Aggregate, params: Params) -> str:
@@ -189,15 +226,25 @@ async def rollup_aggregates(
     columns = ", ".join(rollup_column(aggregate, params) for aggregate in aggregates)
     where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')}{_rollup_filter(table, aggregates, params)}"
     parts = _grains_union(table, ROLLUP_COLUMNS[table], where, grains)
-    bounds = params.bind("bounds", [round(start.timestamp()) for start in starts], "Array(UInt32)")
     sql = (
-        f"SELECT arrayLastIndex(b -> b <= toUInt32(bucket), {bounds}) AS period, {columns} "
+        f"SELECT {_period_of_bucket(starts, params)} AS period, {columns} "
         f"FROM ({parts}) GROUP BY GROUPING SETS ((period), ())"
     )
-    parameters = {**params.values, **split_parameters(splits),
-                  "lo": round(starts[0].timestamp()), "hi": round(end.timestamp())}
-    result = await client.query(sql, parameters=parameters)
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end))
     return {row[0]: tuple(row[1:]) for row in result.result_rows}
+
+
+def _period_of_bucket(starts: Sequence[datetime], params: Params) -> str:
+    """SQL of the 1-based period of a rollup row: the last start at or before its bucket (which lies wholly in
+    that period when the buckets come from a plan)."""
+    bounds = params.bind("bounds", [round(start.timestamp()) for start in starts], "Array(UInt32)")
+    return f"arrayLastIndex(b -> b <= toUInt32(bucket), {bounds})"
+
+
+def _plan_parameters(params: Params, splits: dict[str, tuple[int, ...]], lo: datetime, hi: datetime
+                     ) -> dict[str, Any]:
+    """The statement's parameters with those of the plan's coverage conditions over [lo, hi) (_grains_union)."""
+    return {**params.values, **split_parameters(splits), "lo": round(lo.timestamp()), "hi": round(hi.timestamp())}
 
 
 def _grains_union(table: str, columns: str, where: str, grains: Sequence[str]) -> str:
@@ -299,8 +346,8 @@ async def active_sessions_from_sets(
         f"FROM ({parts}) GROUP BY period) "
         "WINDOW upto AS (ORDER BY period ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) ORDER BY period"
     )
-    parameters = {**params.values, **split_parameters(splits), "lo": 0, "hi": round(ends[-1].timestamp())}
-    counts = dict((await client.query(sql, parameters=parameters)).result_rows)
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, EPOCH, ends[-1]))
+    counts = dict(result.result_rows)
     # A period without a bucket of its own adds no share: it keeps the count of the one before.
     answer, last = [], 0
     for period in range(1, len(ends) + 1):

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -27,8 +27,6 @@ from app.statistics.service import GRAINS, RAW, Period, Plan, TimeRange, json_de
 Value = int | float | Decimal
 AGGREGATES = (Count, Sum, DistinctCustomers, Cost, Converted)
 MAX_SHARES = 1000
-# Where the share sets start: everything before a period's end is a union of their buckets from here.
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def metric_list(slugs: list[str] | None) -> list[Metric]:
@@ -157,6 +155,10 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
     starts, ends = [bucket.start for bucket in buckets], [bucket.end for bucket in buckets]
     share_sets = _reads_rollups(scope, grains)
     source, groups = _sources(buckets, aggregates, grains, not share_sets)
+    converted = [aggregate for table in queries.SET_TABLES for aggregate in groups.pop(table, [])]
+    for check in dict.fromkeys(map(queries.shares_counted, converted)):
+        if check not in aggregates:
+            groups.setdefault(queries.rollup_table(check), []).append(check)
     jobs = [_active_sessions(client, scope, state, ends, grains, not share_sets) for state in states]
     for table, members in groups.items():
         jobs.append(
@@ -164,22 +166,45 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
             queries.rollup_aggregates(client, scope.workspace_id, table, source.grains, source.splits, starts,
                                       ends[-1], members)
         )
+    jobs.extend(queries.converted_from_sets(client, scope.workspace_id, aggregate, source.grains, source.splits,
+                                            starts, ends[-1]) for aggregate in converted)
     answers = await asyncio.gather(*jobs)
-    by_aggregate: dict[Aggregate, dict[int | None, Value]] = {aggregate: {} for aggregate in aggregates}
-    for members, rows in zip(groups.values(), answers[len(states):], strict=True):
-        for key, row in rows.items():
-            # Key 0 is the whole range's grouping set; period keys are 1-based.
-            index = None if key == 0 else key - 1
-            for aggregate, value in zip(members, row, strict=True):
-                by_aggregate[aggregate][index] = value
+    by_aggregate: dict[Aggregate, dict[int | None, Value]] = {}
+    for members, rows in zip(groups.values(), answers[len(states): len(states) + len(groups)], strict=True):
+        for position, aggregate in enumerate(members):
+            by_aggregate[aggregate] = {index: row[position] for index, row in _by_period(rows).items()}
+    for aggregate, sets in zip(converted, answers[len(states) + len(groups):], strict=True):
+        events = by_aggregate[queries.shares_counted(aggregate)]
+        values = _converted_from_sets(sets, events, len(buckets))
+        if values is None:
+            rows = await queries.period_aggregates(client, scope, starts, ends[-1], [aggregate], share_sets)
+            values = {index: row[0] for index, row in _by_period(rows).items()}
+        by_aggregate[aggregate] = values
     return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])), source.label)
+
+
+def _converted_from_sets(sets: dict[int, tuple[int, int]], events: dict[int | None, Value], count: int
+                         ) -> dict[int | None, Value] | None:
+    """Converted events per period from the share sets' answer, or None where they cannot tell: where some
+    period's events outnumber its shares (a share with two of them, or an event naming no share)."""
+    if any(sets.get(index + 1, (0, 0))[1] != events.get(index, 0) for index in range(count)):
+        return None
+    values: dict[int | None, Value] = {key - 1: converted for key, (converted, _) in sets.items()}
+    # Events, unlike shares, add up across periods.
+    values[None] = sum(values.values())
+    return values
+
+
+def _by_period(rows: dict[int, tuple[Any, ...]]) -> dict[int | None, tuple[Any, ...]]:
+    """Rows keyed by period index, None for the whole range: the queries key the range 0 and periods from 1."""
+    return {None if key == 0 else key - 1: row for key, row in rows.items()}
 
 
 def _active_sessions(client: AsyncClient, scope: Scope, definition: ActiveSessions, ends: list[datetime],
                      grains: Sequence[str], raw: bool) -> Awaitable[list[int]]:
     """From the share sets where whole buckets make up everything before each period end, else (and with `raw`)
     from raw rows."""
-    history = plan([(EPOCH, ends[0]), *zip(ends, ends[1:])], GRAINS if raw else grains, raw)
+    history = plan([(queries.EPOCH, ends[0]), *zip(ends, ends[1:])], GRAINS if raw else grains, raw)
     if history.grains == RAW:
         return queries.active_sessions(client, scope, definition, ends)
     return queries.active_sessions_from_sets(client, scope.workspace_id, definition, ends, history.grains,
