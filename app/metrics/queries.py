@@ -37,6 +37,10 @@ SHARE_SETS = "share_sets"
 SHARE_FIELD_SETS = "share_field_sets"
 # The rollups of shares, which answer Converted (converted_from_sets).
 SET_TABLES = (SHARE_SETS, SHARE_FIELD_SETS)
+# A request reads its rollups side by side, a few hundred rows each: one thread a read leaves the other cores to
+# the other reads instead of splitting each small one (the dashboard at 10M events: 36.9 -> 33.3 ms). The
+# statistics' quantile merges, which do parallelize, keep the default.
+ROLLUP_SETTINGS = {"max_threads": 1}
 ROLLUP_COLUMNS = {
     EVENT_STATS: "name, bucket, occurrences, customers",
     FIELD_STATS: "field, name, bucket, sign, value_count, value_total, exact_total",
@@ -181,7 +185,8 @@ async def converted_from_sets(
         f"SELECT {_period_of_bucket(starts, params)} AS period, groupBitmapMergeState(shares) AS shares "
         f"FROM ({parts}) GROUP BY period)"
     )
-    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end))
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end),
+                                settings=ROLLUP_SETTINGS)
     return {row[0]: (row[1], row[2]) for row in result.result_rows}
 
 
@@ -230,7 +235,8 @@ async def rollup_aggregates(
         f"SELECT {_period_of_bucket(starts, params)} AS period, {columns} "
         f"FROM ({parts}) GROUP BY GROUPING SETS ((period), ())"
     )
-    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end))
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, starts[0], end),
+                                settings=ROLLUP_SETTINGS)
     return {row[0]: tuple(row[1:]) for row in result.result_rows}
 
 
@@ -346,7 +352,8 @@ async def active_sessions_from_sets(
         f"FROM ({parts}) GROUP BY period) "
         "WINDOW upto AS (ORDER BY period ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) ORDER BY period"
     )
-    result = await client.query(sql, parameters=_plan_parameters(params, splits, EPOCH, ends[-1]))
+    result = await client.query(sql, parameters=_plan_parameters(params, splits, EPOCH, ends[-1]),
+                                settings=ROLLUP_SETTINGS)
     counts = dict(result.result_rows)
     # A period without a bucket of its own adds no share: it keeps the count of the one before.
     answer, last = [], 0
