@@ -390,6 +390,7 @@ def main() -> None:
             print(f"  PostgreSQL JSONB + ON CONFLICT, 1,000 x 8: {postgres:,.0f} events/s")
             print(f"  ratio API(1,000) / PostgreSQL: {rate_big / postgres:.2f}  (goal > 3)")
         wait_for_merges(settle)
+        settle.close()
         first, second = asyncio.run(listing_latency(api, token))
         print(f"  newest 50 with meta[status]=500: p50 {statistics.median(first):.1f} ms, p99 {percentile(first, 0.99):.1f} ms; "
               f"next page: p50 {statistics.median(second):.1f} ms  (goal p50 < 10 ms)")
