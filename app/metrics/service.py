@@ -159,28 +159,29 @@ async def _query(client: AsyncClient, scope: Scope, buckets: list[Period], neede
     for check in dict.fromkeys(map(queries.shares_counted, converted)):
         if check not in aggregates:
             groups.setdefault(queries.rollup_table(check), []).append(check)
-    jobs = [_active_sessions(client, scope, state, ends, grains, not share_sets) for state in states]
-    for table, members in groups.items():
-        jobs.append(
+    state_answers, group_answers, set_answers = await asyncio.gather(
+        asyncio.gather(*(_active_sessions(client, scope, state, ends, grains, not share_sets) for state in states)),
+        asyncio.gather(*(
             queries.period_aggregates(client, scope, starts, ends[-1], members, share_sets) if table is None else
             queries.rollup_aggregates(client, scope.workspace_id, table, source.grains, source.splits, starts,
                                       ends[-1], members)
-        )
-    jobs.extend(queries.converted_from_sets(client, scope.workspace_id, aggregate, source.grains, source.splits,
-                                            starts, ends[-1]) for aggregate in converted)
-    answers = await asyncio.gather(*jobs)
+            for table, members in groups.items()
+        )),
+        asyncio.gather(*(queries.converted_from_sets(client, scope.workspace_id, aggregate, source.grains,
+                                                     source.splits, starts, ends[-1]) for aggregate in converted)),
+    )
     by_aggregate: dict[Aggregate, dict[int | None, Value]] = {}
-    for members, rows in zip(groups.values(), answers[len(states): len(states) + len(groups)], strict=True):
+    for members, rows in zip(groups.values(), group_answers, strict=True):
         for position, aggregate in enumerate(members):
             by_aggregate[aggregate] = {index: row[position] for index, row in _by_period(rows).items()}
-    for aggregate, sets in zip(converted, answers[len(states) + len(groups):], strict=True):
+    for aggregate, sets in zip(converted, set_answers, strict=True):
         events = by_aggregate[queries.shares_counted(aggregate)]
         values = _converted_from_sets(sets, events, len(buckets))
         if values is None:
             rows = await queries.period_aggregates(client, scope, starts, ends[-1], [aggregate], share_sets)
             values = {index: row[0] for index, row in _by_period(rows).items()}
         by_aggregate[aggregate] = values
-    return Results(len(buckets), by_aggregate, dict(zip(states, answers[: len(states)])), source.label)
+    return Results(len(buckets), by_aggregate, dict(zip(states, state_answers, strict=True)), source.label)
 
 
 def _converted_from_sets(sets: dict[int, tuple[int, int]], events: dict[int | None, Value], count: int
