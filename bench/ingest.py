@@ -52,7 +52,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def make_events(count: int, seed: int, start: datetime, uuid_keys: bool = False) -> list[dict]:
+def make_events(count: int, seed: int, start: datetime, uuid_keys: bool) -> list[dict]:
     """About 300 bytes each: 20 names, 10k customers, _cost, _llm and a few numeric and string fields."""
     rng = random.Random(seed)
     prefix = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
@@ -254,7 +254,7 @@ SELECT %(workspace)s, 'event.' || lpad((g %% 20)::text, 2, '0'),
        jsonb_build_object('status', (ARRAY[200, 200, 200, 404, 500])[1 + g %% 5], 'duration_ms', (g %% 1000) / 10.0,
                           'region', 'eu-west', 'route', '/api/v1/items/' || (g %% 100),
                           '_cost', jsonb_build_object('amount', 0.001, 'currency', 'usd'))
-FROM generate_series(%(first)s, %(last)s) AS g
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 POSTGRES_INSERT_SQL = (
     "INSERT INTO bench_events (workspace, name, ts, customer, external_id, metadata) "
