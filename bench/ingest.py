@@ -228,7 +228,7 @@ def straight_to_clickhouse(server: EmbeddedServer, workspace: str, events: list[
             "timestamp": event["timestamp"], "ingested_at": now, "source": "user",
             "customer_key": "x:" + event["external_customer_id"], "external_customer_id": event["external_customer_id"],
             "customer_number": customer_number(event["external_customer_id"]),
-            "external_id": "ch-" + event["external_id"], "dedup_key": "ch-" + event["external_id"],
+            "external_id": event["external_id"] + "-ch", "dedup_key": event["external_id"] + "-ch",
             "root_id": str(uuid.uuid4()), "depth": 0, "metadata": json.dumps(meta),
             "num": {"status": meta["status"], "duration_ms": meta["duration_ms"], "_cost.amount": meta["_cost"]["amount"],
                     **{f"_llm.{k}": v for k, v in meta["_llm"].items() if isinstance(v, int)}},
