@@ -36,7 +36,7 @@ async def stored_keys(client: AsyncClient, workspace_id: UUID, keys: list[str]) 
     if not keys:
         return {}
     result = await client.query(
-        "SELECT key, id, root_id, depth FROM event_keys WHERE workspace_id = {workspace:UUID} "
+        "SELECT key, id, root_id, depth FROM event_keys_kv WHERE workspace_id = {workspace:UUID} "
         "AND key IN (SELECT value FROM wanted) LIMIT 1 BY key",
         parameters={"workspace": workspace_id},
         external_data=string_sets(wanted=keys),

@@ -273,7 +273,7 @@ def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, t
 
 
 def reference_keys(reference: str) -> list[str]:
-    """The event_keys entries an event reference (its id or its external id) may stand for, the id first."""
+    """The event_keys_kv entries an event reference (its id or its external id) may stand for, the id first."""
     as_id = as_uuid(reference)
     return ([f"i:{as_id}"] if as_id is not None else []) + [f"x:{reference}"]
 
