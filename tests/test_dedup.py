@@ -3,10 +3,8 @@ customer given one number (app/customers/numbers.py), however many requests name
 
 import asyncio
 import random
-import shutil
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,14 +13,11 @@ import pytest
 from litestar.testing import TestClient
 
 from app.config import Settings
-from app.events.queries import stored_keys
 from app.main import create_app
-from app.warehouse.client import connect, with_database
+from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
-from app.warehouse.migrations import migrate, migration_files
 from tests.api_process import ApiProcess
 from tests.conftest import OPERATOR_TOKEN, Tenant, create_tenant, free_port
-from tests.test_statistics import EVENT_COLUMNS, event_row
 
 
 def batch(keys: list[str]) -> dict:
@@ -226,44 +221,3 @@ def test_killing_an_api_process_mid_load_loses_no_acknowledged_event(
     counts = stored_counts(clickhouse_url, tenant.id)
     assert acknowledged == {key for keys in batches for key in keys}
     assert set(counts) == acknowledged and set(counts.values()) == {1}
-
-
-def test_the_key_table_migration_keeps_every_stored_key(clickhouse_url: str, tmp_path: Path) -> None:
-    """0016 moves the keys to EmbeddedRocksDB: the keys of events stored before it are found after it, like
-    those of events stored since."""
-    database = f"keys_{uuid.uuid4().hex[:8]}"
-    workspace_id = uuid.uuid4()
-    moving = next(path for path in migration_files() if path.name.startswith("0016_"))
-    for path in migration_files():
-        if path.name < moving.name:
-            shutil.copy(path, tmp_path / path.name)
-    before, after = ([{"name": "keys.test", "timestamp": "2026-10-05T12:00:00+00:00", "metadata": {},
-                       "external_customer_id": "c", "external_id": f"{tag}{n}"} for n in range(3)]
-                     for tag in ("before-", "after-"))
-
-    async def scenario() -> tuple[dict, dict, list[tuple]]:
-        admin = await connect(clickhouse_url)
-        await admin.command(f"CREATE DATABASE {database}")
-        client = await connect(with_database(clickhouse_url, database))
-        try:
-            await migrate(client, tmp_path)
-            old_rows = [event_row(workspace_id, event) for event in before]
-            await client.insert("events", old_rows, column_names=EVENT_COLUMNS)
-            shutil.copy(moving, tmp_path / moving.name)
-            await migrate(client, tmp_path)
-            new_rows = [event_row(workspace_id, event) for event in after]
-            await client.insert("events", new_rows, column_names=EVENT_COLUMNS)
-            expected = {f"{prefix}{key}": (row[1], row[1], 0) for row in old_rows + new_rows
-                        for prefix, key in (("i:", row[1]), ("x:", row[9]))}
-            found = await stored_keys(client, workspace_id, [*expected, "x:never-stored"])
-            tables = await client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
-                                        "AND name LIKE 'event_keys%' ORDER BY name")
-            return expected, found, list(tables.result_rows)
-        finally:
-            await client.close()
-            await admin.command(f"DROP DATABASE IF EXISTS {database}")
-            await admin.close()
-
-    expected, found, tables = asyncio.run(scenario())
-    assert found == expected and len(found) == 12
-    assert tables == [("event_keys_kv",), ("event_keys_kv_mv",)]

@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 
 from app.customers.numbers import CustomerNumbers
 from app.events.claims import LocalClaims
-from app.events.queries import EventFilter
+from app.events.queries import EventFilter, stored_keys
 from app.statistics import service
 from app.statistics.routes import SOURCE_HEADER, TOTALS_SOURCE_HEADER
 from app.warehouse.client import connect, with_database
@@ -511,6 +511,16 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
                 "share_number)) FROM events ARRAY JOIN CAST(mapKeys(num), 'Array(String)') AS field, mapValues(num) "
                 "AS value WHERE share_number > 0 GROUP BY ALL ORDER BY ALL")
             assert sets.result_rows == raw_sets.result_rows and {row[2] for row in sets.result_rows} == {-1, 0, 1}
+            # The dedup keys (0016) of every event, by id and external id: the backfilled events' and those
+            # written since; the MergeTree key table is gone.
+            stored = (await client.query("SELECT id, external_id FROM events")).result_rows
+            expected_keys = {key: (event_id, event_id, 0) for event_id, external_id in stored
+                             for key in (f"i:{event_id}", f"x:{external_id}")}
+            found_keys = await stored_keys(client, workspace_id, [*expected_keys, "x:never-stored"])
+            assert found_keys == expected_keys and len(found_keys) == 2 * len(events)
+            key_tables = await client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                            "AND name LIKE 'event_keys%' ORDER BY name")
+            assert key_tables.result_rows == [("event_keys_kv",), ("event_keys_kv_mv",)]
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")
