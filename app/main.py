@@ -19,6 +19,7 @@ from app.auth.routes import UserController, WorkspaceController
 from app.auth.service import KnownTokens
 from app.customers.routes import CustomerController
 from app.events.claims import LocalClaims, RedisClaims
+from app.events.writes import LocalWrites, RedisWrites
 from app.events.routes import EventController, EventTypeController
 from app.events.service import EventStore
 from app.events.validation import MAX_BODY_BYTES
@@ -86,7 +87,8 @@ async def ingest_lifespan(app: Litestar) -> AsyncIterator[None]:
     # claims, which would leave concurrent duplicates across processes unguarded.
     redis = (Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10))
              if settings.redis_url else None)
-    events = EventStore(app.state.clickhouse, RedisClaims(redis) if redis else LocalClaims(), broker)
+    events = EventStore(app.state.clickhouse, RedisClaims(redis) if redis else LocalClaims(),
+                        RedisWrites(redis) if redis else LocalWrites(), broker)
     await events.start()
     app.state.broker = broker
     app.state.events = events

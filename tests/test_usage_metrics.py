@@ -7,6 +7,9 @@ import operator
 import random
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,8 +23,10 @@ from app.usage_metrics import queries, service
 from app.usage_metrics.queries import MetricSql
 from app.usage_metrics.schemas import UsageMetric, UsageMetricCreate
 from app.warehouse.client import connect
+from tests.api_process import ApiProcess
 from tests.bruteforce import numeric_at
 from tests.conftest import Tenant, all_pages, bearer, create_tenant
+from tests.test_dedup import post, run_sql
 from tests.test_usage import clickhouse_uuid_order, event, ingest, leaf, midnight, parse
 
 DAY = timedelta(days=1)
@@ -366,6 +371,60 @@ def test_customer_list_pages_stay_consistent_while_events_arrive(api: TestClient
     expected = expected_column(small, small.metrics[1], "usage_metric", datetime.now(UTC))
     fresh = list_pages(api, tenant, {"usage_metric": small.metrics[1]["id"], "sort": "usage_metric"}, take=100)
     assert [(item["id"], item["usage_metric"]["value"]) for item in fresh] == approx(expected)
+
+
+SLOW_EVENT = "test.slow_write"
+
+
+@contextmanager
+def slow_inserts(clickhouse_url: str, seconds: float) -> Iterator[None]:
+    """Every insert into events that holds a SLOW_EVENT takes `seconds` longer: a view sleeps on its rows."""
+    run_sql(clickhouse_url, "CREATE TABLE slow_writes (slept UInt8) ENGINE = Null")
+    run_sql(clickhouse_url, f"CREATE MATERIALIZED VIEW slow_writes_mv TO slow_writes AS SELECT sleepEachRow({seconds}) "
+                            f"AS slept FROM events WHERE name = '{SLOW_EVENT}'")
+    try:
+        yield
+    finally:
+        run_sql(clickhouse_url, "DROP VIEW slow_writes_mv")
+        run_sql(clickhouse_url, "DROP TABLE slow_writes")
+
+
+def wait_for_insert_running(clickhouse_url: str) -> None:
+    deadline = time.monotonic() + 10
+    while not run_sql(clickhouse_url, "SELECT 1 FROM system.processes WHERE query_kind = 'Insert' "
+                                      "AND query ILIKE '%INSERT INTO %events%'"):
+        assert time.monotonic() < deadline, "the slow insert never started"
+        time.sleep(0.02)
+
+
+def test_customer_list_pages_agree_on_events_still_being_written(
+    api: TestClient, tenant: Tenant, clickhouse_url: str, redis_process, tmp_path
+) -> None:
+    """Events stamped before a listing's first page but still being inserted, by another API process, count on
+    none of its pages: counted on the second only, they would lift `second` above the cursor of the first,
+    and it would show on no page."""
+    first = create_customer(api, tenant, external_id="first")
+    second = create_customer(api, tenant, external_id="second")
+    now = datetime.now(UTC)
+    ingest(api, tenant, [event("api_call", now - HOUR, customer="first")])
+    response = api.post("/api/usage-metrics", json=METRICS[0], headers=tenant.headers)
+    params = {"usage_metric": response.json()["id"], "sort": "-usage_metric", "take": 1}
+    late = [event("api_call", now - HOUR, customer="second") for _ in range(2)] + [event(SLOW_EVENT, now, customer="second")]
+    writer = ApiProcess(clickhouse_url, redis_process.url, tmp_path)
+    try:
+        with slow_inserts(clickhouse_url, 2), ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(post, writer.url, tenant, {"events": [{k: v for k, v in item.items() if k != "_when"}
+                                                                     for item in late]})
+            wait_for_insert_running(clickhouse_url)
+            page = api.get("/api/customers", params=params, headers=tenant.headers).json()
+            assert sent.result() == {"inserted": 3, "duplicates": 0}
+    finally:
+        writer.stop()
+    rest = api.get("/api/customers", params={**params, "cursor": page["cursor"]}, headers=tenant.headers).json()
+    listed = [(item["id"], item["usage_metric"]["value"]) for item in page["items"] + rest["items"]]
+    assert listed == [(first["id"], 1), (second["id"], 0)]
+    fresh = all_pages(api, "/api/customers", tenant.headers, params, take=1)
+    assert [(item["id"], item["usage_metric"]["value"]) for item in fresh] == [(second["id"], 2), (first["id"], 1)]
 
 
 CELL_METRICS = [  # counts and sums of typed leaves over names alone: the customer list reads customer_usage

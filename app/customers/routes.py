@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID, uuid4
 
@@ -13,7 +13,7 @@ from app.auth.service import WorkspaceAccess
 from app.customers import queries
 from app.customers.schemas import Customer, CustomerCreate, CustomerPage, CustomerPatch
 from app.errors import invalid
-from app.events.service import EventStore, to_millisecond
+from app.events.service import EventStore
 from app.pagination import decode_cursor, encode_cursor
 from app.usage_metrics.schemas import CustomerUsagePage
 from app.usage_metrics.service import customer_usage_page
@@ -30,9 +30,10 @@ class CustomerController(Controller):
         workspace.require("member")
         if data.external_id is not None and await queries.external_id_taken(client, workspace.workspace_id, data.external_id, None):
             raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
-        customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata,
-                            to_millisecond(datetime.now(UTC)))
-        await _save(client, workspace.workspace_id, customer)
+        # A write like an event's: usage listings under way never see the customer appear between their pages.
+        async with events.writes.writing([workspace.workspace_id]) as created_at:
+            customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata, created_at)
+            await _save(client, workspace.workspace_id, customer)
         await events.record_customer_event(workspace.workspace_id, "customer.created", customer)
         return customer
 
@@ -65,12 +66,14 @@ class CustomerController(Controller):
 
     @get("/")
     async def list_customers(
-        self, client: AsyncClient, workspace: WorkspaceAccess,
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore,
         take: Annotated[int, Parameter(ge=1, le=100)] = 20, cursor: str | None = None,
         usage_metric: UUID | None = None, sort: str | None = None,
     ) -> CustomerPage | CustomerUsagePage:
         if usage_metric is not None or sort is not None:
-            return await customer_usage_page(client, workspace.workspace_id, usage_metric, sort, take, cursor, _from_row)
+            settled = await events.writes.settled(workspace.workspace_id)
+            return await customer_usage_page(client, workspace.workspace_id, usage_metric, sort, take, cursor,
+                                             settled, _from_row)
         after = decode_cursor(cursor, tuple[datetime, UUID]) if cursor else None
         rows = await queries.customer_page(client, workspace.workspace_id, after, take + 1)
         items = [_from_row(row) for row in rows[:take]]

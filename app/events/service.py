@@ -24,6 +24,7 @@ from app.events.numbers import SHARE_KEY, SHARE_NUMBERING, DenseNumbers
 from app.events.queries import EVENT_COLUMNS, EVENT_INSERT_TYPES, EventFilter
 from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
 from app.events.validation import BatchInvalid, ValidEvent
+from app.events.writes import LocalWrites, RedisWrites
 from app.events.coalescer import Coalescer
 from app.stream.broker import Broker
 
@@ -91,9 +92,11 @@ class Prepared:
 class EventStore:
     """The ingest pipeline of one API process: claims, coalesced lookups and inserts, and publishing."""
 
-    def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims, broker: Broker) -> None:
+    def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims, writes: LocalWrites | RedisWrites,
+                 broker: Broker) -> None:
         self.client = client
         self.claims = claims
+        self.writes = writes
         self.numbers = CustomerNumbers(client, claims)
         self.share_numbers = DenseNumbers(client, claims, SHARE_NUMBERING)
         self.broker = broker
@@ -149,28 +152,20 @@ class EventStore:
         except Exception as error:  # noqa: BLE001
             log.warning("customer or share numbers unavailable: %s", error)
             return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in identified]
-        outcomes: list[Prepared | Exception] = []
-        for outcome in identified:
-            if isinstance(outcome, Exception):
-                outcomes.append(outcome)
-                continue
-            job, identities = outcome
-            try:
-                outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id],
-                                         shares.get(job.workspace_id, {})))
-            except BatchInvalid as error:
-                outcomes.append(error)
-        prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
-        count = sum(len(outcome.stored) for outcome in prepared)
-        if count:
-            try:
-                await self.client.insert("events", insert_columns(prepared), column_names=EVENT_COLUMNS,
-                                         column_type_names=list(EVENT_INSERT_TYPES.values()), column_oriented=True,
-                                         settings=INSERT_SETTINGS)
-            except Exception as error:  # noqa: BLE001
-                # Nothing is acknowledged; the claims are released on the way out so retries are stored.
-                log.warning("insert of %d events failed: %s", count, error)
-                return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in outcomes]
+        # Registered before its rows are stamped, until they are stored: see app/events/writes.py.
+        async with self.writes.writing(workspaces) as ingested_at:
+            outcomes = _prepared(identified, lookups, numbers, shares, ingested_at)
+            prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
+            count = sum(len(outcome.stored) for outcome in prepared)
+            if count:
+                try:
+                    await self.client.insert("events", insert_columns(prepared), column_names=EVENT_COLUMNS,
+                                             column_type_names=list(EVENT_INSERT_TYPES.values()),
+                                             column_oriented=True, settings=INSERT_SETTINGS)
+                except Exception as error:  # noqa: BLE001
+                    # Nothing is acknowledged; the claims are released on the way out so retries are stored.
+                    log.warning("insert of %d events failed: %s", count, error)
+                    return [outcome if isinstance(outcome, Exception) else StoreUnavailable() for outcome in outcomes]
         published = [(str(outcome.job.workspace_id), outcome.stored) for outcome in prepared if outcome.stored]
         await asyncio.gather(*(self.broker.publish(workspace, stream_items(stored))
                                for workspace, stored in published if self.broker.listened(workspace)))
@@ -229,6 +224,24 @@ def stream_items(stored: list[StoredEvent]) -> list[tuple[str, str, bytes]]:
     return [(event_id, event.name, msgspec.json.encode(event)) for event_id, event in zip(ids, stored, strict=True)]
 
 
+def _prepared(identified: list[tuple[IngestJob, dict[int, tuple]] | Exception],
+              lookups: dict[UUID, tuple[list[tuple], dict[str, tuple]]], numbers: dict[UUID, dict[str, int]],
+              shares: dict[UUID, dict[str, int]], ingested_at: datetime) -> list["Prepared | Exception"]:
+    """Each job's rows, or why it cannot be stored."""
+    outcomes: list[Prepared | Exception] = []
+    for outcome in identified:
+        if isinstance(outcome, Exception):
+            outcomes.append(outcome)
+            continue
+        job, identities = outcome
+        try:
+            outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id],
+                                     shares.get(job.workspace_id, {}), ingested_at))
+        except BatchInvalid as error:
+            outcomes.append(error)
+    return outcomes
+
+
 def _identified(job: IngestJob, customers: list[tuple]) -> tuple[IngestJob, dict[int, tuple]] | BatchInvalid:
     try:
         return job, job.identities if job.identities is not None else _identities(job.events, customers)
@@ -237,12 +250,9 @@ def _identified(job: IngestJob, customers: list[tuple]) -> tuple[IngestJob, dict
 
 
 def _prepare(job: IngestJob, identities: dict[int, tuple], known: dict[str, tuple], numbers: dict[str, int],
-             shares: dict[str, int]) -> Prepared:
+             shares: dict[str, int], ingested_at: datetime) -> Prepared:
     fresh, duplicates = _split_duplicates(job.events, known)
     placed = _place_in_trees(fresh, known)
-    # Stamped at the round, not at receipt: a listing pinned to a moment then misses only rows whose insert
-    # is still running, not every row that was queued.
-    ingested_at = to_millisecond(datetime.now(UTC))
     received_at = to_millisecond(job.received_at)
     stored = [_stored_event(item, placed[item.index], identities[item.index], received_at, ingested_at, job.source)
               for item in fresh]

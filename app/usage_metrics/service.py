@@ -220,9 +220,10 @@ class UsageCursor(msgspec.Struct, array_like=True):
 
 async def customer_usage_page(
     client: AsyncClient, workspace_id: UUID, metric_id: UUID | None, sort: str | None, take: int,
-    cursor: str | None, to_customer: Callable[[tuple], Customer],
+    cursor: str | None, settled: datetime, to_customer: Callable[[tuple], Customer],
 ) -> CustomerUsagePage:
-    """The customer list with one metric's value per customer, optionally sorted by it, cursor-paged."""
+    """The customer list with one metric's value per customer, optionally sorted by it, cursor-paged; every page
+    as of the first one's `settled` moment (app/events/writes.py), so each customer shows once."""
     if sort not in CUSTOMER_ORDERS:
         raise invalid("sort", "usage_metric or -usage_metric")
     if metric_id is None:
@@ -231,7 +232,7 @@ async def customer_usage_page(
     position = decode_cursor(cursor, UsageCursor) if cursor else None
     if position is not None and (position.metric_id, position.sort) != (metric_id, sort):
         raise invalid("cursor", "belongs to a listing with another usage_metric or sort")
-    as_of = position.as_of if position else utc_now()
+    as_of = position.as_of if position else settled
     after = (position.value, position.created_at, position.id) if position else None
     sql = compile_metric(metric, "m_")
     rows = await queries.customers_with_value(
