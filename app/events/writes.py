@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# A write registered longer ago than this is taken for one whose process died before it could unregister:
-# inserts give up well before (the client's send/receive timeout).
+# A write registered longer ago than this is taken for one whose process died before it could unregister: the
+# client gives an insert no longer (its send/receive timeout, app/warehouse/client.py).
 STALE_MS = 60_000
 
 
