@@ -165,3 +165,22 @@ def test_inserts_feed_their_views_in_parallel(server: EmbeddedServer) -> None:
     assert http_query(server, "SELECT getSetting('parallel_view_processing')").strip() == "true"
     image_users = ElementTree.parse(Path(__file__).parents[1] / "clickhouse_config/users.d/users.xml")
     assert image_users.findtext("profiles/default/parallel_view_processing") == "1"
+
+
+def test_rocksdb_tables_answer_absent_keys_from_bloom_filters(server: EmbeddedServer) -> None:
+    """A dedup lookup mostly asks for keys never stored (new events): with a bloom filter per SST file RocksDB
+    answers those without reading a data block (8,000 random absent keys among 10M, a minute after the fill:
+    about 35 ms against 165 without). Here and in the official image's server config (docker-compose)."""
+    http_query(server, "CREATE TABLE bloom_probe (key String, value UInt8) ENGINE = EmbeddedRocksDB PRIMARY KEY key")
+    http_query(server, "INSERT INTO bloom_probe SELECT toString(number), 1 FROM numbers(10000)")
+    http_query(server, "INSERT INTO bloom_probe SELECT toString(number), 2 FROM numbers(5000, 10000)")
+    http_query(server, "OPTIMIZE TABLE bloom_probe")  # compacts both inserts' files into one, with its filter
+    # 100 keys never stored, each between two stored ones, so no file's key range rules them out.
+    found = http_query(server, "SELECT count() FROM bloom_probe WHERE key IN "
+                               "(SELECT toString(number) || 'x' FROM numbers(100))")
+    assert found.strip() == "0"
+    useful = http_query(server, "SELECT sum(value) FROM system.rocksdb WHERE database = currentDatabase() "
+                                "AND table = 'bloom_probe' AND name = 'bloom.filter.useful'")
+    assert int(useful) >= 90
+    image = ElementTree.parse(Path(__file__).parents[1] / "clickhouse_config/config.d/server.xml")
+    assert image.findtext("rocksdb/block_based_table_options/filter_policy") == "bloomfilter:10:false"

@@ -521,6 +521,10 @@ def test_migration_backfills_existing_events(clickhouse_url: str, schema_copy: P
             key_tables = await client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
                                             "AND name LIKE 'event_keys%' ORDER BY name")
             assert key_tables.result_rows == [("event_keys_kv",), ("event_keys_kv_mv",)]
+            # Which takes inserts as writes to its memtable, not as ready-made files without filters (0017).
+            engine = await client.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
+                                        "AND name = 'event_keys_kv'")
+            assert "optimize_for_bulk_insert = 0" in engine.result_rows[0][0]
             # And the customers' usage cells (0011): each event once in cells of every size.
             cells = ("SELECT days, customer_key, name, sum(events), sum(cost_amount), sum(llm_total_tokens) "
                      "FROM customer_usage GROUP BY ALL ORDER BY ALL")
