@@ -1,6 +1,6 @@
 """Ingest benchmark (issue 3). Prints figures and ratios measured in one run; asserts nothing.
 
-  .venv/bin/python bench/ingest.py [--events 200000] [--prefill 0] [--uuid-keys] [--no-postgres]
+  .venv/bin/python bench/ingest.py [--events 200000] [--prefill 0] [--uuid-keys] [--no-postgres] [--spread-hours 168]
 
 Starts the API as `make run` does (its own embedded ClickHouse on free ports, a temporary DATA_DIR), then:
 - events/s through the API: 1,000-event batches from 8 producers; 10-event batches from 64 producers;
@@ -12,6 +12,8 @@ Starts the API as `make run` does (its own embedded ClickHouse on free ports, a 
   ClickHouse and in PostgreSQL).
 External ids are a run's prefix and a counter, so a round's keys sort together; with --uuid-keys they are random
 UUIDs, as most producers send them, in ClickHouse and in PostgreSQL alike.
+The measured events' timestamps span the 7 days up to the run; --spread-hours 0.1 gives them the last 6 minutes,
+as live producers send them. The prefill spans the 7 days that end a day before the run.
 """
 
 import argparse
@@ -52,14 +54,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def make_events(count: int, seed: int, start: datetime, uuid_keys: bool) -> list[dict]:
-    """About 300 bytes each: 20 names, 10k customers, _cost, _llm and a few numeric and string fields."""
+def make_events(count: int, seed: int, start: datetime, uuid_keys: bool,
+                spread: timedelta = timedelta(days=7)) -> list[dict]:
+    """About 300 bytes each: 20 names, 10k customers, _cost, _llm and a few numeric and string fields; timestamps
+    spread evenly over [start, start + spread)."""
+    seconds = int(spread.total_seconds())
     rng = random.Random(seed)
     prefix = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
     return [
         {
             "name": rng.choice(NAMES),
-            "timestamp": (start + timedelta(seconds=rng.randrange(0, 86_400 * 7))).isoformat(),
+            "timestamp": (start + timedelta(seconds=rng.randrange(0, seconds))).isoformat(),
             "external_customer_id": f"cust-{rng.randrange(10_000)}",
             "external_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)) if uuid_keys else f"{prefix}-{i}",
             "metadata": {
@@ -353,6 +358,8 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0, help="events stored in each system before measuring")
     parser.add_argument("--uuid-keys", action="store_true", help="random UUIDs as external ids")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--spread-hours", type=float, default=168.0,
+                        help="the measured events' timestamps span this many hours up to now")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     server = EmbeddedServer(root / "ch", free_port(), free_port())
@@ -370,8 +377,10 @@ def main() -> None:
         # Each phase starts with no merge left from the one before, so none is charged with another's merges.
         settle = clickhouse_connect.get_client(host="127.0.0.1", port=server.http_port, username="admin",
                                                password=server.password("admin"))
-        big = make_events(args.events, 1, start, args.uuid_keys)
-        small = make_events(args.events // 4, 2, start, args.uuid_keys)
+        spread = timedelta(hours=args.spread_hours)
+        live = datetime.now(UTC) - spread
+        big = make_events(args.events, 1, live, args.uuid_keys, spread)
+        small = make_events(args.events // 4, 2, live, args.uuid_keys, spread)
         dsn = None if args.no_postgres else postgres_dsn()
         postgres_workspace = str(uuid.uuid4())
         if dsn and args.prefill:
