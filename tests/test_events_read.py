@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import TestClient
 
-from tests.conftest import Tenant, bearer
+from app.events.queries import RECENT_WINDOW
+from tests.conftest import Tenant, all_pages, bearer
 from tests.test_ingest import all_events, ingest
 
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
@@ -125,6 +126,25 @@ def test_paging_returns_each_event_once_while_new_events_arrive(api: TestClient,
         if cursor is None:
             break
     assert sorted(seen) == sorted(f"g{i}" for i in range(60))
+
+
+@pytest.mark.parametrize("params", [{}, {"meta[status]": "500"}], ids=["all", "filtered"])
+def test_newest_first_pages_straddle_the_recent_window(api: TestClient, tenant: Tenant, params: dict) -> None:
+    """Pages are looked for in a window before their position first (app/events/queries.py): pages inside it,
+    across its edge and past it come out whole and in order."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    window = int(RECENT_WINDOW.total_seconds())
+    seconds = [-200 + (window - 600) // 14 * i for i in range(15)]  # inside the window, a few minutes ahead too
+    seconds += [window + 60 + 7 * i for i in range(5)]  # just past it
+    seconds += [2 * window + 97 * i for i in range(40)]  # long before
+    events = [{"name": "recent", "external_customer_id": "c", "external_id": f"r{i}",
+               "timestamp": (now - timedelta(seconds=offset)).isoformat(), "metadata": {"status": [200, 500][i % 2]}}
+              for i, offset in enumerate(seconds)]
+    assert ingest(api, tenant, events).json() == {"inserted": len(events), "duplicates": 0}
+    wanted = [e for e in events if "meta[status]" not in params or e["metadata"]["status"] == 500]
+    expected_order = [e["external_id"] for e in sorted(wanted, key=ts, reverse=True)]
+    pages = all_pages(api, "/api/events", tenant.headers, params, take=6)
+    assert [item["external_id"] for item in pages] == expected_order
 
 
 @pytest.mark.parametrize("params", [{"take": 0}, {"take": 101}, {"order": "up"}, {"cursor": "garbage!"},

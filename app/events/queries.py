@@ -1,7 +1,7 @@
 """SQL of the events domain. Values are always bound parameters; the SQL text is built only from constants."""
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -25,6 +25,8 @@ EVENT_INSERT_TYPES = {
     "cost_amount": "String", "llm_total_tokens": "UInt64", "share_number": "UInt32",
 }
 EVENT_COLUMNS = list(EVENT_INSERT_TYPES)
+# How far back from its position a newest-first page is looked for before reading on past it.
+RECENT_WINDOW = timedelta(days=1)
 OUTPUT_COLUMNS = (
     "id, name, timestamp, ingested_at, source, customer_id, external_customer_id, external_id, parent_id, "
     "root_id, depth, metadata"
@@ -87,16 +89,43 @@ async def event_page(
     after: tuple[datetime, UUID] | None, as_of: datetime, take: int,
 ) -> list[tuple]:
     """One page of events in (timestamp, id) order, after the keyset position, as of a moment of ingestion; from
-    events_by_time, the events in that order (schema/0009)."""
+    events_by_time, the events in that order (schema/0009).
+
+    Newest first, ClickHouse reads the newest granule of every part of the workspace, whatever times the part
+    holds (README, Benchmarks); a lower time bound prunes the parts that end before it. So the page is first
+    looked for in the day before its position, and only a page that comes up short reads on past it."""
+    if not descending:
+        return await _event_rows(client, workspace_id, where, descending, after, as_of, take)
+    bound = (after[0] if after else as_of) - RECENT_WINDOW
+    recent = await _event_rows(client, workspace_id, where, descending, after, as_of, take, newer_than=bound)
+    if len(recent) == take:
+        return recent
+    older = await _event_rows(client, workspace_id, where, descending, after, as_of, take - len(recent),
+                              older_than=bound)
+    return recent + older
+
+
+async def _event_rows(
+    client: AsyncClient, workspace_id: UUID, where: EventFilter, descending: bool,
+    after: tuple[datetime, UUID] | None, as_of: datetime, take: int,
+    newer_than: datetime | None = None, older_than: datetime | None = None,
+) -> list[tuple]:
     direction = "DESC" if descending else "ASC"
-    keyset = ""
+    bounds = ""
     parameters = {**where.parameters, "workspace": workspace_id, "as_of": as_of, "take": take}
     if after is not None:
-        keyset = f"AND (timestamp, id) {'<' if descending else '>'} ({{after_ts:DateTime64(3, 'UTC')}}, {{after_id:UUID}})"
+        bounds += (f" AND (timestamp, id) {'<' if descending else '>'} "
+                   "({after_ts:DateTime64(3, 'UTC')}, {after_id:UUID})")
         parameters.update(after_ts=after[0], after_id=after[1])
+    if newer_than is not None:
+        bounds += " AND timestamp >= {newer_than:DateTime64(3, 'UTC')}"
+        parameters["newer_than"] = newer_than
+    if older_than is not None:
+        bounds += " AND timestamp < {older_than:DateTime64(3, 'UTC')}"
+        parameters["older_than"] = older_than
     result = await client.query(
         f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
-        f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}} {keyset} "
+        f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}}{bounds} "
         f"ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",
         parameters=parameters,
     )
