@@ -57,6 +57,8 @@ class EventFilter:
 
     conditions: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    # The end of the listing's own time range, where one is asked: newest first, pages start from there.
+    until: datetime | None = None
 
     def add(self, condition: str, **parameters: Any) -> None:
         self.conditions.append(condition)
@@ -93,10 +95,12 @@ async def event_page(
 
     Newest first, ClickHouse reads the newest granule of every part of the workspace, whatever times the part
     holds (README, Benchmarks); a lower time bound prunes the parts that end before it. So the page is first
-    looked for in the day before its position, and only a page that comes up short reads on past it."""
+    looked for in the day before its position (the cursor's event, else the end of the listing's range or now),
+    and only a page that comes up short reads on past that day."""
     if not descending:
         return await _event_rows(client, workspace_id, where, descending, after, as_of, take)
-    bound = (after[0] if after else as_of) - RECENT_WINDOW
+    newest = after[0] if after else min(as_of, where.until or as_of)
+    bound = newest - RECENT_WINDOW
     recent = await _event_rows(client, workspace_id, where, descending, after, as_of, take, newer_than=bound)
     if len(recent) == take:
         return recent

@@ -454,6 +454,7 @@ def listing_filter(
         where.add("timestamp >= {start:DateTime64(3, 'UTC')}", start=start)
     if end:
         where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=end)
+        where.until = end
     if parent_id:
         where.add("parent_id = {parent:UUID}", parent=parent_id)
     if depth is not None:
