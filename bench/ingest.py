@@ -85,28 +85,33 @@ def store_through_views(client, insert_sql: str, blocks: list[dict]) -> None:
     """Run `insert_sql` (an INSERT INTO events ...) once per parameter set of `blocks`, as if through the API's
     table: every materialized view on `events` fills its table from these rows and the projections are built.
 
-    The rows go to a staging copy of `events` first; each view's SELECT then runs once over all of them into its
-    table, and the staged parts are attached to `events`, which fires no view. Several times faster than
-    inserting through the views block by block when nearly every block opens its own rollup buckets, which is
-    how a generated data set spread over months arrives. `client` is a clickhouse-connect (sync) client."""
-    client.command("DROP TABLE IF EXISTS events_stage")
-    client.command("CREATE TABLE events_stage AS events")
-    staged_sql = insert_sql.replace("INSERT INTO events", "INSERT INTO events_stage", 1)
-    for parameters in blocks:
-        client.command(staged_sql, parameters=parameters)
+    Each block's rows go to a staging copy of `events` first; each view's SELECT then runs once over all of them
+    into its table, and the staged parts are attached to `events`, which fires no view. Several times faster than
+    inserting through the views in API-sized inserts when nearly every one opens its own rollup buckets, which is
+    how a generated data set spread over months arrives. Block by block, in the order given: blocks of events in
+    time order then leave every table's parts each on its own stretch of time, as the API's inserts of live
+    events do; one pass over all blocks would spread each view's parts over the whole range (its GROUP BY output
+    split by key, not by time), so a query would read granules of every part.
+    `client` is a clickhouse-connect (sync) client."""
     views = client.query(
         "SELECT as_select, extract(create_table_query, {target:String}) FROM system.tables "
         "WHERE database = currentDatabase() AND engine = 'MaterializedView' AND match(as_select, {source:String})",
         parameters={"target": r"TO ([\w.`]+)", "source": r"FROM default\.events\b"}).result_rows
     if not views:
         raise RuntimeError("no materialized view reads the events table: the rollups would stay empty")
-    for select, target in views:
-        staged = re.sub(r"FROM default\.events\b", "FROM default.events_stage", select)
-        client.command(f"INSERT INTO {target} {staged}", settings={"max_bytes_before_external_group_by": 1_000_000_000})
-    partitions = client.query("SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() "
-                              "AND table = 'events_stage' AND active").result_rows
-    for (partition,) in partitions:
-        client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
+    staged_sql = insert_sql.replace("INSERT INTO events", "INSERT INTO events_stage", 1)
+    for parameters in blocks:
+        client.command("DROP TABLE IF EXISTS events_stage")
+        client.command("CREATE TABLE events_stage AS events")
+        client.command(staged_sql, parameters=parameters)
+        for select, target in views:
+            staged = re.sub(r"FROM default\.events\b", "FROM default.events_stage", select)
+            client.command(f"INSERT INTO {target} {staged}",
+                           settings={"max_bytes_before_external_group_by": 1_000_000_000})
+        partitions = client.query("SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() "
+                                  "AND table = 'events_stage' AND active").result_rows
+        for (partition,) in partitions:
+            client.command(f"ALTER TABLE events ATTACH PARTITION ID '{partition}' FROM events_stage")
     client.command("DROP TABLE events_stage")
     number_customers(client)
     number_shares(client)

@@ -3,8 +3,8 @@
   .venv/bin/python bench/usage.py [--events 10000000] [--customers 10000] [--rounds 100]
 
 Starts the API as `make run` does (its own embedded ClickHouse on free ports, a temporary DATA_DIR), fills one
-workspace straight in ClickHouse (INSERT ... SELECT over numbers(), 250k rows a block, through the same columns
-the API fills: maps of metadata leaves, customer_key, cost_amount, llm_total_tokens), then measures through the
+workspace straight in ClickHouse (INSERT ... SELECT over numbers(), 250k rows a block, in time order as producers
+send them, through the same columns the API fills: maps of metadata leaves, customer_key, cost_amount, llm_total_tokens), then measures through the
 API, p50 and p99 of:
 - the 90-day usage series and the month snapshot;
 - the customer list with one usage metric for every customer, sorted by it: first page and the next;
@@ -59,7 +59,8 @@ SELECT {workspace:UUID}, id, name, ts, now64(3), 'user', 'x:' || customer, custo
 FROM (
     SELECT generateUUIDv4(number) AS id, cityHash64(number) AS h, 'b-' || toString(number) AS key,
            {names:Array(String)}[1 + h % length({names:Array(String)})] AS name,
-           fromUnixTimestamp64Milli(toInt64({now_ms:UInt64} - h % {span_ms:UInt64}), 'UTC') AS ts,
+           fromUnixTimestamp64Milli(toInt64({now_ms:UInt64} - {span_ms:UInt64}
+                                    + intDiv(number * {span_ms:UInt64}, {events:UInt64}) + h % 60000), 'UTC') AS ts,
            bitShiftRight(h, 20) % {customers:UInt32} AS n, 'cust-' || toString(n) AS customer, toUInt32(n + 1) AS customer_number,
            [200, 200, 200, 404, 500][1 + bitShiftRight(h, 8) % 5] AS status,
            ['free', 'pro', 'enterprise'][1 + bitShiftRight(h, 12) % 3] AS tier,
@@ -97,7 +98,8 @@ def fill(server: EmbeddedServer, workspace: str, events: int, customers: int) ->
     common = {"workspace": workspace, "now_ms": now_ms, "customers": customers}
     client.command(CUSTOMERS_SQL, parameters=common)
     store_through_views(client, EVENTS_SQL, [
-        {**common, "names": NAMES, "span_ms": DAYS * 86_400_000, "offset": offset, "count": min(BLOCK, events - offset)}
+        {**common, "names": NAMES, "span_ms": DAYS * 86_400_000, "events": events, "offset": offset,
+         "count": min(BLOCK, events - offset)}
         for offset in range(0, events, BLOCK)
     ])
     wait_for_merges(client)
