@@ -4,8 +4,8 @@
 
 Starts the API as `make run` does (its own embedded ClickHouse on free ports, a temporary DATA_DIR), fills one
 workspace straight in ClickHouse (INSERT ... SELECT over numbers(), 250k rows a block, in time order as producers
-send them, through the same columns the API fills: maps of metadata leaves, customer_key, cost_amount, llm_total_tokens), then measures through the
-API, p50 and p99 of:
+send them, through the same columns the API fills: maps of metadata leaves, customer_key, cost_amount,
+llm_total_tokens), then measures through the API, p50 and p99 of:
 - the 90-day usage series and the month snapshot;
 - the customer list with one usage metric for every customer, sorted by it: first page and the next;
 - one customer's five usage metrics (counts and sums, filters, a sparkline).
