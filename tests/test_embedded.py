@@ -161,7 +161,7 @@ def test_clickhouse_connect_async_client_talks_to_it(server: EmbeddedServer) -> 
 
 def test_inserts_feed_their_views_in_parallel(server: EmbeddedServer) -> None:
     """The default profile, here and in the official image's users (docker-compose), pushes an insert to its
-    materialized views concurrently: one after the other, eleven views leave a core idle."""
+    materialized views concurrently: one after the other, its views leave a core idle."""
     assert http_query(server, "SELECT getSetting('parallel_view_processing')").strip() == "true"
     image_users = ElementTree.parse(Path(__file__).parents[1] / "clickhouse_config/users.d/users.xml")
     assert image_users.findtext("profiles/default/parallel_view_processing") == "1"
