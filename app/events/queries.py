@@ -94,7 +94,7 @@ async def event_page(
     events_by_time, the events in that order (schema/0009).
 
     Newest first, ClickHouse reads the newest granule of every part of the workspace, whatever times the part
-    holds (README, Benchmarks); a lower time bound prunes the parts that end before it. So the page is first
+    holds (bench/README.md, issue 3); a lower time bound prunes the parts that end before it. So the page is first
     looked for in the day before its position (the cursor's event, else the end of the listing's range or now),
     and only a page that comes up short reads on past that day."""
     if not descending:
