@@ -358,6 +358,16 @@ async def listing_latency(api: Api, token: str, rounds: int = 50) -> tuple[list[
     return first, second
 
 
+def stop(api: Api, server: EmbeddedServer, root: Path) -> None:
+    """Stops a run's API and server; its data directory stays with BENCH_KEEP set, for a look with SQL."""
+    api.stop()
+    server.stop()
+    if os.environ.get("BENCH_KEEP"):
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
@@ -419,12 +429,7 @@ def main() -> None:
             print(f"  PostgreSQL, the same page: p50 {statistics.median(first):.1f} ms, p99 {percentile(first, 0.99):.1f} ms; "
                   f"next page: p50 {statistics.median(second):.1f} ms")
     finally:
-        api.stop()
-        server.stop()
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stop(api, server, root)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from app.metrics.catalog import CATALOG  # noqa: E402
 from app.statistics.service import RAW, time_range  # noqa: E402
 from app.warehouse.client import connect  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from ingest import OPERATOR, Api, free_port, percentile, store_through_views, wait_for_merges  # noqa: E402
+from ingest import OPERATOR, Api, free_port, percentile, stop, store_through_views, wait_for_merges  # noqa: E402
 
 WORKSPACES = 50
 DAYS = 90
@@ -380,12 +380,7 @@ def main() -> None:
                 print(f"  {'':28s} API p50 grew {api_p50 / previous['metrics']:.2f}x since the previous size")
             previous["metrics"] = api_p50
     finally:
-        api.stop()
-        server.stop()
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stop(api, server, root)
 
 
 if __name__ == "__main__":

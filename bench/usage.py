@@ -16,8 +16,6 @@ customer_usage, as the API answers it, and from the raw events table, with the r
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -35,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from app.usage_metrics import queries, service  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
-from ingest import Api, free_port, percentile, store_through_views, wait_for_merges, workspace_token  # noqa: E402
+from ingest import Api, free_port, percentile, stop, store_through_views, wait_for_merges, workspace_token  # noqa: E402
 
 NAMES = ["api_call", "api_request", "login", "upload", "completion", "conversation.created", "message.created",
          "task.run"]
@@ -192,12 +190,7 @@ def main() -> None:
             report(events_label, events)
             print(f"  {'':<52} cells / events p50: {statistics.median(cells) / statistics.median(events):.2f}")
     finally:
-        api.stop()
-        server.stop()
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stop(api, server, root)
 
 
 if __name__ == "__main__":

@@ -184,3 +184,32 @@ def test_rocksdb_tables_answer_absent_keys_from_bloom_filters(server: EmbeddedSe
     assert int(useful) >= 90
     image = ElementTree.parse(Path(__file__).parents[1] / "clickhouse_config/config.d/server.xml")
     assert image.findtext("rocksdb/block_based_table_options/filter_policy") == "bloomfilter:10:false"
+
+
+def test_the_official_images_config_names_only_what_clickhouse_knows(server: EmbeddedServer) -> None:
+    """docker-compose's ClickHouse (clickhouse_config/config.d, users.d) cannot be started on these machines, and a
+    misspelt setting stops that server at start. Its profiles are the embedded server's, plus the producers'
+    own; every setting they name, and every server and MergeTree setting of its server config, is one ClickHouse
+    26.9 knows."""
+    root = Path(__file__).parents[1] / "clickhouse_config"
+    image_profiles = ElementTree.parse(root / "users.d/users.xml").getroot().find("profiles")
+    embedded_profiles = ElementTree.parse(root / "embedded/users.xml").getroot().find("profiles")
+    assert image_profiles is not None and embedded_profiles is not None
+
+    def settings(profiles: ElementTree.Element) -> dict[str, dict[str, str | None]]:
+        return {profile.tag: {setting.tag: setting.text for setting in profile} for profile in profiles}
+
+    image, embedded = settings(image_profiles), settings(embedded_profiles)
+    assert {name: image[name] for name in embedded} == embedded
+    assert set(image) - set(embedded) == {"producer"}
+
+    def names(table: str) -> set[str]:
+        return set(http_query(server, f"SELECT name FROM system.{table}").split())
+
+    known = names("settings")
+    assert {setting for profile in image.values() for setting in profile} <= known
+    server_config = ElementTree.parse(root / "config.d/server.xml").getroot()
+    merge_tree = server_config.find("merge_tree")
+    assert merge_tree is not None and {setting.tag for setting in merge_tree} <= names("merge_tree_settings")
+    sections = {"logger", "rocksdb", "merge_tree", "listen_host"}
+    assert {element.tag for element in server_config} - sections <= names("server_settings")
