@@ -1,4 +1,5 @@
-"""Every error as JSON {"status_code", "detail", "extra"}; nothing internal (trace, SQL, names) reaches a client."""
+"""Every error as JSON {"status_code", "detail", "extra"} (an ingest 422 adds the contract's "errors"); nothing
+internal (trace, SQL, names) reaches a client."""
 
 import logging
 import re
@@ -32,9 +33,12 @@ def invalid(field: str, message: str) -> ValidationException:
     return ValidationException(detail=f"Invalid {field}: {message}", extra=[{"field": field, "message": message}])
 
 
-def error_response(status_code: int, detail: str, extra: object = None, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status_code: int, detail: str, extra: object = None, headers: dict[str, str] | None = None, **fields: object
+) -> Response:
+    """The error body every route shares; `fields` are what a route's contract adds to it."""
     return Response(
-        {"status_code": status_code, "detail": detail, "extra": extra},
+        {"status_code": status_code, "detail": detail, "extra": extra, **fields},
         status_code=status_code,
         media_type=MediaType.JSON,
         headers=headers,

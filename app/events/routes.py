@@ -12,7 +12,7 @@ from app.customers.service import identity_keys
 from app.events import queries, service
 from app.events.schemas import EventPage, EventType, EventTypePatch, IngestResult, StoredEvent
 from app.events.service import Cursor, EventStore, event_type_id
-from app.events.validation import read_body, split_events, validate_events
+from app.events.validation import BatchInvalid, batch_invalid, read_body, split_events, validate_events
 from app.pagination import decode_cursor, encode_cursor
 
 Take = Annotated[int, Parameter(ge=1, le=100)]
@@ -21,6 +21,7 @@ Take = Annotated[int, Parameter(ge=1, le=100)]
 class EventController(Controller):
     path = "/api/events"
     tags = ["events"]
+    exception_handlers = {BatchInvalid: batch_invalid}
 
     @post("/ingest", status_code=200)
     async def ingest(self, request: Request, workspace: WorkspaceAccess, events: EventStore) -> IngestResult:

@@ -278,7 +278,7 @@ def _identities(events: list[ValidEvent], customers: list[tuple]) -> dict[int, t
             external_id = event.external_customer_id
             identities[item.index] = (customer_key(None, external_id), by_external.get(external_id), external_id)
     if errors:
-        raise BatchInvalid.listing(errors)
+        raise BatchInvalid(errors)
     return identities
 
 
@@ -346,7 +346,7 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
             place(item, set())
     if errors:
         unique = {(error.index, error.message): error for error in errors}
-        raise BatchInvalid.listing(sorted(unique.values(), key=lambda error: error.index))
+        raise BatchInvalid(sorted(unique.values(), key=lambda error: error.index))
     return placed
 
 

@@ -6,9 +6,10 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException
 
-from app.errors import field_in_message, without_location
+from app.errors import error_response, field_in_message, without_location
 from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, LlmIn, ReservedMetadata
 
 MAX_EVENTS = 10_000
@@ -35,13 +36,20 @@ class PayloadTooLarge(HTTPException):
 
 
 class BatchInvalid(HTTPException):
+    """A 422 listing every error of the batch, none of which is stored."""
+
     status_code = 422
 
-    @classmethod
-    def listing(cls, errors: list[IngestError]) -> "BatchInvalid":
-        """A 422 listing every error of the batch, none of which is stored."""
-        return cls(detail=f"{len(errors)} invalid field(s); nothing of the batch was stored",
-                   extra={"errors": [msgspec.to_builtins(error) for error in errors]})
+    def __init__(self, errors: list[IngestError], detail: str | None = None) -> None:
+        super().__init__(detail=detail or f"{len(errors)} invalid field(s); nothing of the batch was stored")
+        self.errors = errors
+
+
+def batch_invalid(_: Request, exc: BatchInvalid) -> Response:
+    """The errors where CONTRACT.md section 2 puts them, `{"errors": [{"index", "field", "message"}]}`, and where
+    producers written against earlier versions read them, `extra.errors`."""
+    errors = msgspec.to_builtins(exc.errors)
+    return error_response(exc.status_code, exc.detail, {"errors": errors}, errors=errors)
 
 
 class ValidEvent(msgspec.Struct, gc=False):
@@ -90,8 +98,8 @@ def split_events(body: bytes, content_type: str) -> list[msgspec.Raw]:
         else:
             raise HTTPException(status_code=415, detail="Send application/json or application/x-ndjson")
     except msgspec.ValidationError as error:
-        raise BatchInvalid(detail="The body must be an object with an `events` array", extra={"errors": [
-            {"index": -1, "field": "events", "message": str(error)}]}) from error
+        raise BatchInvalid([IngestError(-1, "events", str(error))],
+                           "The body must be an object with an `events` array") from error
     except msgspec.DecodeError as error:
         raise ClientException(detail=f"Malformed JSON: {error}") from error
     if len(events) > MAX_EVENTS:
@@ -124,7 +132,7 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
         checked.cost, checked.llm = _reserved_values(metadata, reserved)
         valid.append(checked)
     if errors:
-        raise BatchInvalid.listing(errors)
+        raise BatchInvalid(errors)
     return valid
 
 
