@@ -111,6 +111,17 @@ def test_order_and_paging(api: TestClient, populated, order: str) -> None:
     assert sorted(item["external_id"] for item in items) == sorted(event["external_id"] for event in events)
 
 
+def test_events_of_one_instant_are_ordered_by_id_as_clients_compare_ids(api: TestClient, tenant: Tenant) -> None:
+    # ClickHouse alone would order these by the second half of each UUID.
+    instants = [BASE, BASE + timedelta(milliseconds=1)]
+    ingest(api, tenant, [{"name": "tie", "external_customer_id": "c", "external_id": f"tie-{i}",
+                          "timestamp": instants[i % 2].isoformat()} for i in range(40)])
+    for order in ("asc", "desc"):
+        items = all_pages(api, "/api/events", tenant.headers, {"order": order, "name": "tie"}, take=3)
+        keys = [(datetime.fromisoformat(item["timestamp"]), item["id"]) for item in items]
+        assert len(keys) == 40 and keys == sorted(keys, reverse=order == "desc"), order
+
+
 def test_paging_returns_each_event_once_while_new_events_arrive(api: TestClient, tenant: Tenant) -> None:
     ingest(api, tenant, generated(seed=9, count=60))
     seen, cursor, round_ = [], None, 0
@@ -222,6 +233,19 @@ def test_events_sent_by_id_before_the_customer_had_an_external_id_stay_its_own(a
     ingest(api, tenant, [{"name": "after", "external_customer_id": "given-later"}])
     names = sorted(item["name"] for item in all_events(api, tenant, customer_id=customer["id"]))
     assert names == ["after", "before", "customer.created", "customer.updated"]
+
+
+def test_customer_filters_combine_as_one_customer(api: TestClient, tenant: Tenant) -> None:
+    customer = api.post("/api/customers", json={"external_id": "both-a"}, headers=tenant.headers).json()
+    ingest(api, tenant, [{"name": "mine", "customer_id": customer["id"]},
+                         {"name": "theirs", "external_customer_id": "both-b"}])
+
+    def names(**params) -> list[str]:
+        return sorted(item["name"] for item in all_events(api, tenant, source="user", **params))
+
+    assert names(customer_id=customer["id"], external_customer_id="both-a") == ["mine"]
+    assert names(customer_id=customer["id"], external_customer_id="both-b") == []
+    assert names(external_customer_id="both-b") == ["theirs"]
 
 
 def test_customer_list_pages(api: TestClient, tenant: Tenant) -> None:

@@ -103,15 +103,8 @@ def expected_listing(records: list[dict], sent: dict[str, dict], params: dict, d
         return all(meta_matches(item["metadata"], name[5:-1].replace("][", "."), value)
                    for name, value in params.items() if name.startswith("meta["))
 
-    kept = sorted((r for r in records if keep(r)), key=lambda r: (r["createdAt"], clickhouse_uuid_order(r["id"])),
-                  reverse=descending)
+    kept = sorted((r for r in records if keep(r)), key=lambda r: (r["createdAt"], r["id"]), reverse=descending)
     return [record["id"] for record in kept]
-
-
-def clickhouse_uuid_order(text: str) -> tuple[int, int]:
-    """ClickHouse orders UUIDs by their second 64 bits, then their first: the tie order of equal timestamps."""
-    value = uuid.UUID(text).int
-    return value & (2**64 - 1), value >> 64
 
 
 def as_comparable(record: dict) -> dict:

@@ -27,7 +27,7 @@ from tests.api_process import ApiProcess
 from tests.bruteforce import numeric_at
 from tests.conftest import Tenant, all_pages, bearer, create_tenant
 from tests.test_dedup import post, run_sql
-from tests.test_usage import clickhouse_uuid_order, event, ingest, leaf, midnight, parse
+from tests.test_usage import event, ingest, leaf, midnight, parse
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -86,6 +86,14 @@ SIGNUPS = {"acme": ([1, 2, 3], []), "beta": ([2], [8, 9, 10, 12]), "ghost": ([1,
 
 
 # Brute force ---------------------------------------------------------------------------------------------
+
+
+def clickhouse_uuid_order(text: str) -> tuple[int, int]:
+    """ClickHouse orders UUIDs by their second 64 bits, then their first: the customer list's order among
+    customers created in the same millisecond (its contract names no order)."""
+    value = uuid.UUID(text).int
+    return value & (2**64 - 1), value >> 64
+
 
 def holds(metadata: dict, rule: dict) -> bool:
     """A filter: values compare only with values of their own type; `ne` is the negation of `eq`."""

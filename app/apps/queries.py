@@ -13,6 +13,8 @@ from uuid import UUID
 import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from app.events.queries import ID_ORDER
+
 DERIVED_NAME = re.compile(r"app_[0-9a-f]{32}(_owner)?")
 APP_COLUMNS = "id, slug, name, created_at, database_name, database_user, quota_bytes"
 # Engines that keep their own rows. Anything else (views, Merge, Buffer, Distributed, dictionaries, URL...)
@@ -158,7 +160,7 @@ async def recent_invocations(client: AsyncClient, workspace_id: UUID, refs: list
                {ERROR_TEXT}
         FROM events
         WHERE {APP_EVENTS} AND name = 'app.api_invoked'
-        ORDER BY timestamp DESC, id DESC
+        ORDER BY timestamp DESC, {ID_ORDER} DESC
         LIMIT {{take:UInt32}}
         """,
         parameters={"workspace": workspace_id, "refs": refs, "take": take},

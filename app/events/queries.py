@@ -27,6 +27,9 @@ EVENT_INSERT_TYPES = {
 EVENT_COLUMNS = list(EVENT_INSERT_TYPES)
 # How far back from its position a newest-first page is looked for before reading on past it.
 RECENT_WINDOW = timedelta(days=1)
+# Events of one instant are listed by id as clients compare ids, as text: ClickHouse compares UUIDs by their
+# second 64 bits first, so its order serves only to read the table in order.
+ID_ORDER = "toString(id)"
 OUTPUT_COLUMNS = (
     "id, name, timestamp, ingested_at, source, customer_id, external_customer_id, external_id, parent_id, "
     "root_id, depth, metadata"
@@ -116,24 +119,33 @@ async def _event_rows(
 ) -> list[tuple]:
     direction = "DESC" if descending else "ASC"
     bounds = ""
-    parameters = {**where.parameters, "workspace": workspace_id, "as_of": as_of, "take": take}
+    parameters = {**where.parameters, "workspace": workspace_id, "as_of": as_of}
     if after is not None:
-        bounds += (f" AND (timestamp, id) {'<' if descending else '>'} "
-                   "({after_ts:DateTime64(3, 'UTC')}, {after_id:UUID})")
-        parameters.update(after_ts=after[0], after_id=after[1])
+        before = "<" if descending else ">"
+        bounds += (f" AND timestamp {before}= {{after_ts:DateTime64(3, 'UTC')}} AND (timestamp {before} "
+                   f"{{after_ts:DateTime64(3, 'UTC')}} OR {ID_ORDER} {before} {{after_id:String}})")
+        parameters.update(after_ts=after[0], after_id=str(after[1]))
     if newer_than is not None:
         bounds += " AND timestamp >= {newer_than:DateTime64(3, 'UTC')}"
         parameters["newer_than"] = newer_than
     if older_than is not None:
         bounds += " AND timestamp < {older_than:DateTime64(3, 'UTC')}"
         parameters["older_than"] = older_than
-    result = await client.query(
-        f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
-        f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}}{bounds} "
-        f"ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",
-        parameters=parameters,
-    )
-    return [tuple(row) for row in result.result_rows]
+    matching = (f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
+                f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}}{bounds}")
+    # In the table's own order ClickHouse reads only the newest (or oldest) granules and stops; one row more
+    # than the page tells whether the events of its last instant go on past it.
+    result = await client.query(f"{matching} ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",
+                                parameters={**parameters, "take": take + 1})
+    rows = result.result_rows
+    if len(rows) > take and rows[take][2] == rows[take - 1][2]:
+        # They do, in ClickHouse's id order: the page ends with the first of them by id as text, so all are read.
+        instant = rows[take - 1][2]
+        tied = await client.query(f"{matching} AND timestamp = {{instant:DateTime64(3, 'UTC')}}",
+                                  parameters={**parameters, "instant": instant})
+        rows = [row for row in rows if row[2] != instant] + tied.result_rows
+    rows = sorted(rows, key=lambda row: (row[2], str(row[0])), reverse=descending)
+    return [tuple(row) for row in rows[:take]]
 
 
 async def event_by_id(client: AsyncClient, workspace_id: UUID, event_id: UUID) -> tuple | None:

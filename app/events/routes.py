@@ -88,11 +88,13 @@ class EventTypeController(Controller):
 async def _customer_keys(
     client: AsyncClient, workspace_id: UUID, customer_id: UUID | None, external_customer_id: str | None
 ) -> list[str] | None:
-    """The identity keys a customer filter stands for; None for no filter."""
-    if customer_id is None and external_customer_id is None:
-        return None
-    return await identity_keys(client, workspace_id, [customer_id] if customer_id is not None else [],
-                               [external_customer_id] if external_customer_id is not None else [])
+    """The identity keys a customer filter stands for; None for no filter. Filters combine: with both, the keys
+    of the one customer both name, none when they name two."""
+    keys = [await identity_keys(client, workspace_id, [customer_id], []) if customer_id is not None else None,
+            await identity_keys(client, workspace_id, [], [external_customer_id])
+            if external_customer_id is not None else None]
+    named = [set(found) for found in keys if found is not None]
+    return sorted(set.intersection(*named)) if named else None
 
 
 async def _parent(client: AsyncClient, workspace_id: UUID, reference: str) -> UUID:
