@@ -1,5 +1,5 @@
 """The SQL of the statistics time series. Every value is a bound parameter; the only text that varies is chosen
-from the constants below (which rollup tables a plan reads, which calendar function names a period)."""
+from the constants below (which rollup tables a plan reads, whether rows go to periods or to the whole range)."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,17 +19,12 @@ COST_FIELD = "_cost.amount"
 ROLLUP_SECONDS = {"1d": 86_400, "1h": 3_600, "15m": 900}
 ROLLUP_BUCKET = {"1d": "toStartOfDay", "1h": "toStartOfHour", "15m": "toStartOfFifteenMinutes"}
 
-# What names a period in SQL, given any instant inside it: the local start of its hour as Unix seconds, or the
-# local date its day / week (Monday) / month / year starts on, as days since 1970-01-01. `total` is the one
-# period spanning the whole range. service.periods gives each Period the same key from the Python side.
-PERIOD_KEY_SQL = {
-    "hour": "toUInt32(toStartOfHour({instant}, {{tz:String}}))",
-    "day": "toUInt32(toDate({instant}, {{tz:String}}))",
-    "week": "toUInt32(toMonday({instant}, {{tz:String}}))",
-    "month": "toUInt32(toStartOfMonth({instant}, {{tz:String}}))",
-    "year": "toUInt32(toStartOfYear({instant}, {{tz:String}}))",
-    "total": "toUInt32(0)",
-}
+# What names a row's period in SQL: the 1-based index of the last period start at or before it, the starts
+# (Unix seconds) coming from Python's zone rules; 0 names the whole range. ClickHouse's calendar functions are
+# not used for it: its own time zone data can lag Python's (in ClickHouse 26.9, Africa/Casablanca falls back to
+# UTC+0 from 2026-09-20 where tzdata 2025b keeps UTC+1).
+PERIOD_SQL = "arrayLastIndex(start -> start <= toUnixTimestamp({instant}), {{starts:Array(UInt32)}})"
+RANGE_SQL = "toUInt32(0)"
 
 RANGE_START = "toDateTime({lo:UInt32}, 'UTC')"
 RANGE_END = "toDateTime({hi:UInt32}, 'UTC')"
@@ -37,34 +32,35 @@ RANGE_END = "toDateTime({hi:UInt32}, 'UTC')"
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which events a query aggregates: one workspace, [lo, hi) in Unix seconds, optional filters."""
+    """Which events a query aggregates: one workspace, [lo, hi) in Unix seconds, optional filters; and the
+    periods they fall in, by their starts (Unix seconds, ascending)."""
 
     workspace_id: UUID
-    timezone: str
     lo: int
     hi: int
     fields: Sequence[str]
     names: Sequence[str] | None = None
     customer_keys: Sequence[str] | None = None
     customer_ids: Sequence[UUID] | None = None
+    starts: Sequence[int] = ()
 
     def parameters(self) -> dict[str, Any]:
         return {
-            "ws": self.workspace_id, "tz": self.timezone, "lo": self.lo, "hi": self.hi,
+            "ws": self.workspace_id, "lo": self.lo, "hi": self.hi, "starts": list(self.starts),
             "fields": list(self.fields), "names": list(self.names or []),
             "customer_keys": list(self.customer_keys or []), "customer_ids": list(self.customer_ids or []),
             "cost_field": COST_FIELD,
         }
 
 
-# (name, period key) -> (occurrences, distinct customers)
+# (name, period: its index from 1, or 0 for the range) -> (occurrences, distinct customers)
 EventCounts = dict[tuple[str, int], tuple[int, int]]
-# (field, name, period key) -> (values, float total, exact total, [p10, p90, p99])
+# (field, name, period) -> (values, float total, exact total, [p10, p90, p99])
 FieldValues = dict[tuple[str, str, int], tuple[int, float, Decimal, list[float]]]
 
 
-def period_key_sql(period: str, instant: str) -> str:
-    return PERIOD_KEY_SQL[period].format(instant=instant)
+def period_sql(by_period: bool, instant: str) -> str:
+    return PERIOD_SQL.format(instant=instant) if by_period else RANGE_SQL
 
 
 def _names_filter(selection: Selection) -> str:
@@ -92,13 +88,13 @@ def split_parameters(splits: Mapping[str, Sequence[int]]) -> dict[str, list[int]
 
 def _group_by(keys: str, with_totals: bool) -> str:
     # The range totals in the same pass, where they read the same rows: their rows carry key 0, which no
-    # period has (days since 1970 or Unix seconds, from 1972 on).
+    # period has (periods count from 1).
     return f" GROUP BY GROUPING SETS (({keys}, key), ({keys}))" if with_totals else f" GROUP BY {keys}, key"
 
 
-def event_counts_sql(grains: Sequence[str], period: str, selection: Selection, with_totals: bool = False) -> str:
+def event_counts_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     parts = [
-        f"SELECT name, {period_key_sql(period, 'bucket')} AS key, occurrences, customers FROM event_stats_{grain} "
+        f"SELECT name, {period_sql(by_period, 'bucket')} AS key, occurrences, customers FROM event_stats_{grain} "
         f"WHERE workspace_id = {{ws:UUID}}{_names_filter(selection)} AND {coverage_sql(grain, grains)}"
         for grain in grains
     ]
@@ -109,9 +105,9 @@ def event_counts_sql(grains: Sequence[str], period: str, selection: Selection, w
     )
 
 
-def field_values_sql(grains: Sequence[str], period: str, selection: Selection, with_totals: bool = False) -> str:
+def field_values_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     parts = [
-        f"SELECT field, name, {period_key_sql(period, 'bucket')} AS key, value_count, value_total, exact_total, "
+        f"SELECT field, name, {period_sql(by_period, 'bucket')} AS key, value_count, value_total, exact_total, "
         f"value_quantiles FROM field_stats_{grain} "
         f"WHERE workspace_id = {{ws:UUID}} AND field IN {{fields:Array(String)}}{_names_filter(selection)} "
         f"AND {coverage_sql(grain, grains)}"
@@ -138,17 +134,17 @@ def _raw_filter(selection: Selection) -> str:
     )
 
 
-def raw_event_counts_sql(period: str, selection: Selection, with_totals: bool = False) -> str:
+def raw_event_counts_sql(by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     return (
-        f"SELECT name, {period_key_sql(period, 'timestamp')} AS key, count(), uniqExact(customer_number) "
+        f"SELECT name, {period_sql(by_period, 'timestamp')} AS key, count(), uniqExact(customer_number) "
         f"FROM events WHERE {_raw_filter(selection)}" + _group_by("name", with_totals)
     )
 
 
-def raw_field_values_sql(period: str, selection: Selection, with_totals: bool = False) -> str:
+def raw_field_values_sql(by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     levels = ", ".join(str(level) for level in QUANTILE_LEVELS)
     return (
-        f"SELECT field, name, {period_key_sql(period, 'timestamp')} AS key, count(), sum(num[field]), "
+        f"SELECT field, name, {period_sql(by_period, 'timestamp')} AS key, count(), sum(num[field]), "
         f"sum(if(field = {{cost_field:String}}, cost_amount, toDecimal128(0, 12))), "
         f"quantilesExact({levels})(num[field]) "
         f"FROM events ARRAY JOIN {{fields:Array(String)}} AS field "
@@ -157,25 +153,25 @@ def raw_field_values_sql(period: str, selection: Selection, with_totals: bool = 
 
 
 async def event_counts(
-    client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], period: str, selection: Selection,
-    with_totals: bool = False,
+    client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], by_period: bool,
+    selection: Selection, with_totals: bool = False,
 ) -> EventCounts:
-    """Occurrences and distinct customers per (name, period), from the rollups of `grains` or ("raw",); with
-    `with_totals`, the range totals too, under key 0."""
-    sql = (raw_event_counts_sql(period, selection, with_totals) if grains == ("raw",)
-           else event_counts_sql(grains, period, selection, with_totals))
+    """Occurrences and distinct customers per (name, period), from the rollups of `grains` or ("raw",); per
+    (name, 0) over the whole range instead without `by_period`, or as well with `with_totals`."""
+    sql = (raw_event_counts_sql(by_period, selection, with_totals) if grains == ("raw",)
+           else event_counts_sql(grains, by_period, selection, with_totals))
     result = await client.query(sql, parameters={**selection.parameters(), **split_parameters(splits)})
     return {(name, key): (occurrences, customers) for name, key, occurrences, customers in result.result_rows}
 
 
 async def field_values(
-    client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], period: str, selection: Selection,
-    with_totals: bool = False,
+    client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], by_period: bool,
+    selection: Selection, with_totals: bool = False,
 ) -> FieldValues:
-    """Per (field, name, period): how many events carry the field, its totals and its quantiles; with
-    `with_totals`, the range totals too, under key 0."""
-    sql = (raw_field_values_sql(period, selection, with_totals) if grains == ("raw",)
-           else field_values_sql(grains, period, selection, with_totals))
+    """Per (field, name, period): how many events carry the field, its totals and its quantiles; per period 0,
+    the whole range, instead without `by_period`, or as well with `with_totals`."""
+    sql = (raw_field_values_sql(by_period, selection, with_totals) if grains == ("raw",)
+           else field_values_sql(grains, by_period, selection, with_totals))
     result = await client.query(sql, parameters={**selection.parameters(), **split_parameters(splits)})
     return {
         (field, name, key): (count, total, exact, list(quantiles))

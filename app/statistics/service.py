@@ -5,7 +5,6 @@ Reused by the metrics dashboard: `time_range` (validation and limits), `periods`
 
 import asyncio
 import dataclasses
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,15 +14,12 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
-from clickhouse_connect.driver.exceptions import DatabaseError
 
 from app.customers.service import identity_keys
 from app.errors import invalid
 from app.statistics import queries
 from app.statistics.queries import COST_FIELD, EventCounts, FieldValues, Selection
 from app.statistics.schemas import PeriodStats, Stats, Timeseries
-
-log = logging.getLogger(__name__)
 
 INTERVALS = ("hour", "day", "week", "month", "year")
 # The longest range per interval, in local calendar days from start_date to end_date inclusive. Past it: 422.
@@ -44,7 +40,6 @@ GRID = timedelta(minutes=15)
 GRAINS = ("1d", "1h", "15m")
 GRAIN_LENGTH = {grain: timedelta(seconds=seconds) for grain, seconds in queries.ROLLUP_SECONDS.items()}
 RAW = ("raw",)
-EPOCH_DATE = date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +53,10 @@ class TimeRange:
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """One local calendar bucket: [start, end) as aware UTC instants, and its key as the SQL names it."""
+    """One local calendar bucket: [start, end) as aware UTC instants."""
 
     start: datetime
     end: datetime
-    key: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +201,7 @@ def hour_periods(start: datetime, end: datetime, zone: ZoneInfo) -> list[Period]
             current = here
         instant += GRID
     boundaries.append(end)
-    return [Period(a, b, int(a.timestamp())) for a, b in zip(boundaries, boundaries[1:])]
+    return [Period(a, b) for a, b in zip(boundaries, boundaries[1:])]
 
 
 def periods(span: TimeRange) -> list[Period]:
@@ -222,7 +216,7 @@ def periods(span: TimeRange) -> list[Period]:
     day = period_start_date(span.start_date, span.interval)
     while day <= span.end_date:
         following = next_period_date(day, span.interval)
-        buckets.append(Period(local_midnight(day, zone), local_midnight(following, zone), (day - EPOCH_DATE).days))
+        buckets.append(Period(local_midnight(day, zone), local_midnight(following, zone)))
         day = following
     return buckets
 
@@ -300,26 +294,19 @@ async def customer_filter(
 
 
 async def _aggregate(
-    client: AsyncClient, source: Plan, period: str, selection: Selection, with_totals: bool = False
+    client: AsyncClient, source: Plan, selection: Selection, by_period: bool, with_totals: bool = False
 ) -> tuple[EventCounts, FieldValues]:
-    try:
-        counts, values = await asyncio.gather(
-            queries.event_counts(client, source.grains, source.splits, period, selection, with_totals),
-            queries.field_values(client, source.grains, source.splits, period, selection, with_totals),
-        )
-    except DatabaseError as error:
-        # Python and ClickHouse ship their own tz databases; a zone only Python knows is still a bad parameter.
-        if "time zone" in str(error).lower():
-            raise invalid("timezone", f"unknown time zone {selection.timezone!r}") from None
-        raise
-    return counts, values
+    return await asyncio.gather(
+        queries.event_counts(client, source.grains, source.splits, by_period, selection, with_totals),
+        queries.field_values(client, source.grains, source.splits, by_period, selection, with_totals),
+    )
 
 
-def _stats(name: str, key: int, fields: Sequence[str], counts: EventCounts, values: FieldValues) -> Stats:
-    occurrences, customers = counts.get((name, key), (0, 0))
+def _stats(name: str, period: int, fields: Sequence[str], counts: EventCounts, values: FieldValues) -> Stats:
+    occurrences, customers = counts.get((name, period), (0, 0))
     stats = Stats(name, occurrences, customers, {}, {}, {}, {}, {})
     for field in fields:
-        count, total, exact, quantiles = values.get((field, name, key), (0, 0.0, Decimal(0), [0.0, 0.0, 0.0]))
+        count, total, exact, quantiles = values.get((field, name, period), (0, 0.0, Decimal(0), [0.0, 0.0, 0.0]))
         stats.totals[field] = json_decimal(exact) if field == COST_FIELD else total
         stats.averages[field] = float(exact / count if field == COST_FIELD else total / count) if count else 0.0
         stats.p10[field], stats.p90[field], stats.p99[field] = quantiles
@@ -349,37 +336,25 @@ async def timeseries(
     periods_plan = plan([(bucket.start, bucket.end) for bucket in buckets], grains, raw)
     totals_plan = plan([(lo, hi)], grains, raw)
     selection = Selection(
-        workspace_id, span.timezone, int(lo.timestamp()), int(hi.timestamp()), fields, names,
-        customer_keys, customer_ids,
+        workspace_id, int(lo.timestamp()), int(hi.timestamp()), fields, names, customer_keys, customer_ids,
+        [int(bucket.start.timestamp()) for bucket in buckets],
     )
     if periods_plan == totals_plan:
-        # The same rows answer both: one pass, the totals as a second grouping set (key 0).
-        counts, values = await _aggregate(client, periods_plan, span.interval, selection, with_totals=True)
+        # The same rows answer both: one pass, the totals as a second grouping set (period 0).
+        counts, values = await _aggregate(client, periods_plan, selection, by_period=True, with_totals=True)
         total_counts, total_values = counts, values
     else:
         (counts, values), (total_counts, total_values) = await asyncio.gather(
-            _aggregate(client, periods_plan, span.interval, selection),
-            _aggregate(client, totals_plan, "total", selection),
+            _aggregate(client, periods_plan, selection, by_period=True),
+            _aggregate(client, totals_plan, selection, by_period=False),
         )
-    _check_keys(counts, buckets, span)
     stat_names = sorted(names) if names is not None else sorted({name for name, _ in total_counts})
     result = Timeseries(
         periods=[
             PeriodStats(bucket.start, bucket.end,
-                        [_stats(name, bucket.key, fields, counts, values) for name in stat_names])
-            for bucket in buckets
+                        [_stats(name, index, fields, counts, values) for name in stat_names])
+            for index, bucket in enumerate(buckets, start=1)
         ],
         totals=[_stats(name, 0, fields, total_counts, total_values) for name in stat_names],
     )
     return Answer(result, periods_plan, totals_plan)
-
-
-def _check_keys(counts: EventCounts, buckets: list[Period], span: TimeRange) -> None:
-    """A period ClickHouse names that Python did not make means their tz databases disagree; better a loud
-    error than events silently left out."""
-    known = {bucket.key for bucket in buckets} | {0}
-    stray = {key for _, key in counts} - known
-    if stray:
-        log.error("time zone %s: ClickHouse periods %s are not among the local periods",
-                  span.timezone, sorted(stray)[:5])
-        raise RuntimeError(f"period keys of {span.timezone} disagree between ClickHouse and zoneinfo")
