@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from app.usage_metrics import queries, service  # noqa: E402
+from app.warehouse.client import stored_now  # noqa: E402
 from app.warehouse.embedded import EmbeddedServer  # noqa: E402
 from ingest import Api, free_port, percentile, stop, store_through_views, wait_for_merges, workspace_token  # noqa: E402
 
@@ -127,7 +128,7 @@ async def list_query_latencies(server: EmbeddedServer, workspace: str, rounds: i
             sql = service.compile_metric(metric, "m_")
             if sql.cell_column is None:
                 continue
-            as_of = service.utc_now()
+            as_of = stored_now()
             start = as_of - metric.interval_days * service.DAY
             answers = {}
             for from_cells in (True, False):

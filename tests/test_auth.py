@@ -33,6 +33,8 @@ def test_operator_creates_workspaces_users_tokens_and_memberships(api: TestClien
     workspace = api.post("/api/workspaces", json={"name": "acme"})
     assert workspace.status_code == 201
     assert set(workspace.json()) == {"id", "name", "created_at"} and workspace.json()["created_at"].endswith("Z")
+    # As created, so as read back: the store keeps milliseconds.
+    assert workspace.json() in api.get("/api/workspaces").json()
     user = api.post("/api/users", json={"email": "ops@example.com", "name": "Ops"})
     assert user.status_code == 201 and set(user.json()) == {"id", "email", "name"}
     token = api.post(f"/api/users/{user.json()['id']}/tokens")

@@ -159,10 +159,19 @@ def test_newest_first_pages_straddle_the_recent_window(api: TestClient, tenant: 
 
 
 @pytest.mark.parametrize("params", [{"take": 0}, {"take": 101}, {"order": "up"}, {"cursor": "garbage!"},
-                                    {"depth": -1}, {"start_timestamp": "soon"}, {"meta[a][": "x"}])
+                                    {"depth": -1}, {"start_timestamp": "soon"}, {"meta[a][": "x"},
+                                    {"start_timestamp": "2026-11-02T00:00:00Z", "end_timestamp": "2026-11-01T00:00:00Z"}])
 def test_bad_parameters_are_422(api: TestClient, tenant: Tenant, params: dict) -> None:
     response = api.get("/api/events", params=params, headers=tenant.headers)
     assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(("start", "end"), [("0999-12-31T00:00:00Z", None), (None, "9999-12-31T23:59:59Z"),
+                                             ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")])
+def test_time_bounds_past_any_event_bound_nothing(api: TestClient, populated, start: str | None, end: str | None) -> None:
+    tenant, events = populated
+    params = {key: value for key, value in (("start_timestamp", start), ("end_timestamp", end)) if value}
+    assert listed(api, tenant, **params) == expected(events, lambda e: True)
 
 
 def test_unknown_parameters_are_ignored(api: TestClient, tenant: Tenant) -> None:

@@ -42,6 +42,8 @@ INVALID_EVENTS = [
     (event(timestamp="yesterday"), "timestamp"),
     (event(timestamp="2026-01-01T00:00:00"), "timestamp"),
     (event(timestamp="in-6-minutes"), "timestamp"),
+    (event(timestamp="1969-12-31T23:59:59.999Z"), "timestamp"),
+    (event(timestamp="0001-01-01T00:00:00Z"), "timestamp"),
     ({"name": "a"}, "customer_id"),
     ({"name": "a", "customer_id": str(uuid.uuid4()), "external_customer_id": "c"}, "customer_id"),
     ({"name": "a", "customer_id": str(uuid.uuid4())}, "customer_id"),
@@ -86,13 +88,14 @@ def test_valid_edges_are_accepted(api: TestClient, tenant: Tenant) -> None:
     accepted = [
         event(name="x" * 128, external_id="e" * 256, external_customer_id="c" * 256),
         event(timestamp=(datetime.now(UTC) + timedelta(minutes=4)).isoformat()),
+        event(timestamp="1970-01-01T00:00:00Z"),
         event(timestamp="2026-03-01T12:00:00+05:30", metadata={"a": {"b": {"c": 1}}, "n": None, "ok": True}),
         event(metadata={f"k{i}": i for i in range(50)}),
         event(metadata={"_cost": {"amount": 0.123456789012, "currency": "usd"},
                         "_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 2, "total_tokens": 3,
                                  "cached_input_tokens": 0}}),
     ]
-    assert ingest(api, tenant, accepted).json() == {"inserted": 5, "duplicates": 0}
+    assert ingest(api, tenant, accepted).json() == {"inserted": 6, "duplicates": 0}
     stored = all_events(api, tenant, order="asc")
     shifted = next(item for item in stored if item["timestamp"] == "2026-03-01T06:30:00Z")
     assert shifted["metadata"] == {"a": {"b": {"c": 1}}, "n": None, "ok": True}

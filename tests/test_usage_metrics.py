@@ -22,7 +22,7 @@ from litestar.testing import TestClient
 from app.usage_metrics import queries, service
 from app.usage_metrics.queries import MetricSql
 from app.usage_metrics.schemas import UsageMetric, UsageMetricCreate
-from app.warehouse.client import connect
+from app.warehouse.client import connect, stored_now
 from tests.api_process import ApiProcess
 from tests.bruteforce import numeric_at
 from tests.conftest import Tenant, all_pages, bearer, create_tenant
@@ -465,7 +465,7 @@ def test_cells_and_events_give_the_brute_force_values(settings, api: TestClient,
     for every customer, to the unit."""
     rng = random.Random(5)
     customers = [create_customer(api, tenant, external_id=f"cell-{index}") for index in range(6)]
-    as_of = service.utc_now() + timedelta(seconds=10)  # the first events are stored before it
+    as_of = stored_now() + timedelta(seconds=10)  # the first events are stored before it
     starts = {days: as_of - days * DAY for days in (7, 30, 90)}
     edges = [as_of] + [edge for start in starts.values()
                        for edge in [start, *queries.cell_boundaries(start)]]

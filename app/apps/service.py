@@ -39,6 +39,7 @@ from app.events.claims import LocalClaims, RedisClaims
 from app.events.service import as_uuid
 from app.warehouse import embedded
 from app.warehouse.client import logs_in
+from app.warehouse.client import stored_now
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ async def create_app(client: AsyncClient, claims: LocalClaims | RedisClaims, wor
     async with claims.claim(workspace_id, [f"app-slug:{slug}"]):
         if await queries.app_rows(client, workspace_id, slug=slug):
             raise ClientException(status_code=HTTP_409_CONFLICT, detail="An app of this workspace has this slug")
-        record = AppRecord(workspace_id, uuid4(), slug, name, _now(), None, None, None)
+        record = AppRecord(workspace_id, uuid4(), slug, name, stored_now(), None, None, None)
         await queries.insert_app(client, workspace_id, _row(record))
     return record.public
 
@@ -130,7 +131,7 @@ async def find_app(client: AsyncClient, workspace_id: UUID, reference: str) -> A
 
 
 async def app_stats(client: AsyncClient, app: AppRecord) -> AppStats:
-    now = _now()
+    now = stored_now()
     today = now.date()
     week_start = _midnight(today - timedelta(days=VIEW_DAYS - 1))
     (views, viewers, views_7d, views_30d, last_view, (view_days, view_counts), calls, calls_7d, calls_30d,
@@ -169,7 +170,7 @@ async def storage_stats(client: AsyncClient, app: AppRecord) -> StorageStats:
 
 
 async def api_history(client: AsyncClient, app: AppRecord) -> ApiHistory:
-    today = _now().date()
+    today = stored_now().date()
     recent = await queries.recent_invocations(client, app.workspace_id, app.event_refs, RECENT_INVOCATIONS)
     since = _midnight(today - timedelta(days=API_DAYS - 1))
     per_day = {row[0]: row[1:] for row in await queries.daily_invocations(client, app.workspace_id,
@@ -220,7 +221,7 @@ async def _provision(client: AsyncClient, app: AppRecord, quota_bytes: int,
             await _add_embedded_user(client, users_folder, app, password)
         provisioned = AppRecord(app.workspace_id, app.id, app.slug, app.name, app.created_at, app.database,
                                 app.owner, quota_bytes)
-        await queries.insert_app(client, app.workspace_id, _row(provisioned, database_created_at=_now()))
+        await queries.insert_app(client, app.workspace_id, _row(provisioned, database_created_at=stored_now()))
     except Exception:
         # Nothing half-made stays behind: the next attempt starts from scratch instead of hitting a 409.
         log.warning("provisioning the database of app %s failed; rolling back", app.id)
@@ -385,6 +386,4 @@ def _number(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else value
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
 

@@ -3,7 +3,7 @@
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 from uuid import UUID, uuid4
 
@@ -13,6 +13,7 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 
 from app.auth import queries
 from app.errors import invalid
+from app.warehouse.client import stored_now
 
 ROLE_RANK = {"viewer": 0, "member": 1, "admin": 2}
 TOKEN_PREFIX = "evt_"
@@ -43,10 +44,6 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class KnownTokens:
@@ -129,24 +126,24 @@ def require_operator(principal: Principal) -> None:
 
 
 async def create_workspace(client: AsyncClient, name: str) -> tuple[UUID, str, datetime]:
-    workspace = (uuid4(), name, now())
+    workspace = (uuid4(), name, stored_now())
     await queries.insert_workspace(client, *workspace)
     return workspace
 
 
 async def create_user(client: AsyncClient, email: str, name: str | None) -> tuple[UUID, str, str | None]:
     user_id = uuid4()
-    await queries.insert_user(client, user_id, email, name, now())
+    await queries.insert_user(client, user_id, email, name, stored_now())
     return user_id, email, name
 
 
 async def issue_user_token(client: AsyncClient, user_id: UUID) -> str:
     token = new_token()
-    await queries.insert_token(client, hash_token(token), "user", user_id, None, "", now())
+    await queries.insert_token(client, hash_token(token), "user", user_id, None, "", stored_now())
     return token
 
 
 async def issue_workspace_token(client: AsyncClient, workspace_id: UUID, name: str) -> str:
     token = new_token()
-    await queries.insert_token(client, hash_token(token), "workspace", None, workspace_id, name, now())
+    await queries.insert_token(client, hash_token(token), "workspace", None, workspace_id, name, stored_now())
     return token

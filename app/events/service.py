@@ -23,7 +23,7 @@ from app.events.claims import LocalClaims, RedisClaims
 from app.events.numbers import SHARE_KEY, SHARE_NUMBERING, DenseNumbers
 from app.events.queries import EVENT_COLUMNS, EVENT_INSERT_TYPES, EventFilter
 from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
-from app.events.validation import BatchInvalid, ValidEvent
+from app.events.validation import EARLIEST_TIMESTAMP, BatchInvalid, ValidEvent
 from app.events.writes import LocalWrites, RedisWrites
 from app.events.coalescer import Coalescer
 from app.stream.broker import Broker
@@ -438,11 +438,19 @@ def metadata_filters(query: dict[str, list[str]]) -> list[tuple[str, str]]:
     return filters
 
 
+def storable(instant: datetime) -> datetime:
+    """A bound of a time range, moved into the range events can have (from 1970 to 5 minutes from now, well
+    inside ClickHouse's DateTime64 years 1900-2299): the same events match, and ClickHouse can read it."""
+    return min(max(instant, EARLIEST_TIMESTAMP), datetime.now(UTC) + timedelta(days=1))
+
+
 def listing_filter(
     names: list[str] | None, customer_keys: list[str] | None, source: str | None,
     start: datetime | None, end: datetime | None, parent_id: UUID | None, depth: int | None,
     metadata: list[tuple[str, str]],
 ) -> EventFilter:
+    if start and end and end < start:
+        raise invalid("end_timestamp", "is before start_timestamp")
     where = EventFilter()
     if names:
         where.add("name IN {names:Array(String)}", names=names)
@@ -451,10 +459,10 @@ def listing_filter(
     if source:
         where.add("source = {source:String}", source=source)
     if start:
-        where.add("timestamp >= {start:DateTime64(3, 'UTC')}", start=start)
+        where.add("timestamp >= {start:DateTime64(3, 'UTC')}", start=storable(start))
     if end:
-        where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=end)
-        where.until = end
+        where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=storable(end))
+        where.until = storable(end)
     if parent_id:
         where.add("parent_id = {parent:UUID}", parent=parent_id)
     if depth is not None:

@@ -1,7 +1,7 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
 import zlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,8 @@ from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, Llm
 MAX_EVENTS = 10_000
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_FUTURE = timedelta(minutes=5)
+# The rollups' buckets are DateTime (from 1970): an earlier event would count in 1970's first bucket.
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_METADATA_KEYS = 50
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 3
@@ -174,6 +176,8 @@ def _event_errors(checked: ValidEvent, metadata: Any, reserved: ReservedMetadata
         errors.append(IngestError(index, "customer_id", "exactly one of customer_id and external_customer_id is required"))
     if event.timestamp is not None and event.timestamp - received_at > MAX_FUTURE:
         errors.append(IngestError(index, "timestamp", "more than 5 minutes in the future"))
+    if event.timestamp is not None and event.timestamp < EARLIEST_TIMESTAMP:
+        errors.append(IngestError(index, "timestamp", "before 1970-01-01T00:00:00Z"))
     if not isinstance(metadata, dict):
         errors.append(IngestError(index, "metadata", "must be an object"))
     elif len(checked.metadata_json) > MAX_METADATA_BYTES:

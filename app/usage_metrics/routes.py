@@ -6,6 +6,7 @@ from litestar import Controller, delete, get, patch, post
 from app.auth.service import WorkspaceAccess
 from app.usage_metrics import service
 from app.usage_metrics.schemas import CustomerUsageMetric, UsageMetric, UsageMetricCreate, UsageMetricPatch
+from app.warehouse.client import stored_now
 
 
 class UsageMetricController(Controller):
@@ -48,4 +49,4 @@ class CustomerUsageMetricController(Controller):
     async def customer_usage_metrics(
         self, client: AsyncClient, workspace: WorkspaceAccess, reference: str
     ) -> list[CustomerUsageMetric]:
-        return await service.customer_metrics(client, workspace.workspace_id, reference, service.utc_now())
+        return await service.customer_metrics(client, workspace.workspace_id, reference, stored_now())

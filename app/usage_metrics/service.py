@@ -4,7 +4,7 @@ import asyncio
 import math
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from uuid import UUID, uuid4
 
 import msgspec
@@ -30,18 +30,13 @@ from app.usage_metrics.schemas import (
     UsageMetricCreate,
     UsageMetricPatch,
 )
+from app.warehouse.client import stored_now
 
 DAY = timedelta(days=1)
 # Dotted metadata path: non-empty keys separated by dots.
 PROPERTY_PATH = re.compile(r"^[^.\s][^.]*(\.[^.\s][^.]*)*$")
 ORDERING_OPERATORS = {"gt", "gte", "lt", "lte"}
 FILTERS = msgspec.json.Decoder(list[MetricFilter])
-
-
-def utc_now() -> datetime:
-    """Now at the store's precision (ms), so a window's edge is the same instant in Python and in SQL."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 # Definitions ---------------------------------------------------------------------------------------------
@@ -65,7 +60,7 @@ def _normalized(metric: UsageMetric) -> UsageMetric:
 
 
 async def create_metric(client: AsyncClient, workspace_id: UUID, data: UsageMetricCreate) -> UsageMetric:
-    now = utc_now()
+    now = stored_now()
     metric = _normalized(UsageMetric(id=uuid4(), created_at=now, updated_at=now, **msgspec.structs.asdict(data)))
     check_definition(metric)
     await queries.insert_metric_version(client, workspace_id, _row(metric))
@@ -75,7 +70,7 @@ async def create_metric(client: AsyncClient, workspace_id: UUID, data: UsageMetr
 async def update_metric(client: AsyncClient, workspace_id: UUID, metric_id: UUID, data: UsageMetricPatch) -> UsageMetric:
     current = await get_metric(client, workspace_id, metric_id)
     changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
-    metric = _normalized(msgspec.structs.replace(current, **changes, updated_at=utc_now()))
+    metric = _normalized(msgspec.structs.replace(current, **changes, updated_at=stored_now()))
     check_definition(metric)
     await queries.insert_metric_version(client, workspace_id, _row(metric))
     return metric

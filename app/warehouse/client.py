@@ -1,6 +1,7 @@
 """The one path to ClickHouse: clickhouse-connect's async HTTP client, for the embedded server and any other."""
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote, urlsplit
 
 import clickhouse_connect
@@ -16,6 +17,13 @@ SESSION_SETTINGS = {
     "wait_end_of_query": 1,
     "date_time_input_format": "best_effort",
 }
+
+
+def stored_now() -> datetime:
+    """Now at the store's precision (ms): what a DateTime64(3) column gives back, so an answer made at once and
+    the same row read later agree, and a window's edge is the same instant in Python and in SQL."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 async def connect(url: str, **settings: object) -> AsyncClient:
