@@ -2,9 +2,11 @@
 
 import base64
 import binascii
+import hashlib
 from typing import TypeVar
 
 import msgspec
+from litestar import Request
 
 from app.errors import invalid
 
@@ -20,3 +22,10 @@ def decode_cursor(text: str, position_type: type[Position]) -> Position:
         return msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=position_type)
     except (binascii.Error, ValueError, msgspec.DecodeError) as error:
         raise invalid("cursor", "not a cursor this API returned") from error
+
+
+def listing_of(request: Request, order: str) -> str:
+    """What a cursor continues: the route, the order and every filter, not the page's own `cursor` and `take`."""
+    query = sorted((name, value) for name, values in request.query_params.dict().items()
+                   if name not in ("cursor", "take", "order") for value in values)
+    return hashlib.blake2b(msgspec.json.encode([request.url.path, order, query]), digest_size=8).hexdigest()

@@ -174,6 +174,21 @@ def test_time_bounds_past_any_event_bound_nothing(api: TestClient, populated, st
     assert listed(api, tenant, **params) == expected(events, lambda e: True)
 
 
+def test_a_cursor_continues_only_its_own_listing(api: TestClient, populated) -> None:
+    tenant, _ = populated
+    first = api.get("/api/events", params={"take": 2, "name": "page.view"}, headers=tenant.headers).json()
+    cursor = first["cursor"]
+    assert cursor
+    same = api.get("/api/events", params={"take": 5, "name": "page.view", "order": "desc", "cursor": cursor},
+                   headers=tenant.headers)
+    assert same.status_code == 200 and same.json()["items"]
+    for path, params in [("/api/events", {"name": "page.view", "order": "asc"}), ("/api/events", {}),
+                         ("/api/events", {"name": "page.view", "meta[status]": "500"}),
+                         ("/api/usage/records", {"type": "page.view"})]:
+        other = api.get(path, params={**params, "cursor": cursor}, headers=tenant.headers)
+        assert other.status_code == 422 and other.json()["extra"][0]["field"] == "cursor", (path, params)
+
+
 def test_unknown_parameters_are_ignored(api: TestClient, tenant: Tenant) -> None:
     assert api.get("/api/events", params={"colour": "blue"}, headers=tenant.headers).status_code == 200
 

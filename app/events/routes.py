@@ -13,7 +13,7 @@ from app.events import queries, service
 from app.events.schemas import EventPage, EventType, EventTypePatch, IngestResult, StoredEvent
 from app.events.service import Cursor, EventStore, event_type_id
 from app.events.validation import BatchInvalid, batch_invalid, read_body, split_events, validate_events
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import encode_cursor, listing_of
 
 Take = Annotated[int, Parameter(ge=1, le=100)]
 
@@ -46,12 +46,14 @@ class EventController(Controller):
             name, customers, source, start_timestamp, end_timestamp, parent, depth,
             service.metadata_filters(dict(request.query_params.dict())),
         )
-        position = decode_cursor(cursor, Cursor) if cursor else None
+        listing = listing_of(request, order)
+        position = service.continued_position(cursor, listing)
         as_of = position.as_of if position else datetime.now(UTC)
         after = (position.timestamp, position.id) if position else None
         rows = await queries.event_page(client, workspace.workspace_id, where, order == "desc", after, as_of, take + 1)
         items = [service.stored_event_from_row(row) for row in rows[:take]]
-        next_cursor = encode_cursor(Cursor(items[-1].timestamp, items[-1].id, as_of)) if len(rows) > take else None
+        next_cursor = (encode_cursor(Cursor(items[-1].timestamp, items[-1].id, as_of, listing))
+                       if len(rows) > take else None)
         return EventPage(items, next_cursor)
 
     @get("/{event_id:uuid}")

@@ -26,6 +26,7 @@ from app.events.schemas import EventIn, IngestError, IngestResult, StoredEvent
 from app.events.validation import EARLIEST_TIMESTAMP, BatchInvalid, ValidEvent
 from app.events.writes import LocalWrites, RedisWrites
 from app.events.coalescer import Coalescer
+from app.pagination import decode_cursor
 from app.stream.broker import Broker
 
 log = logging.getLogger(__name__)
@@ -414,6 +415,18 @@ class Cursor(msgspec.Struct, array_like=True):
     timestamp: datetime
     id: UUID
     as_of: datetime
+    listing: str = ""  # pagination.listing_of; cursors made before it was kept carry none
+
+
+def continued_position(cursor: str | None, listing: str) -> Cursor | None:
+    """The position a listing's cursor holds; a 422 for a cursor of another listing (other filters, another
+    order, the other route), which would page through the wrong events."""
+    if cursor is None:
+        return None
+    position = decode_cursor(cursor, Cursor)
+    if position.listing and position.listing != listing:
+        raise invalid("cursor", "belongs to a listing with other filters or another order")
+    return position
 
 
 def stored_event_from_row(row: tuple, with_children: bool = False) -> StoredEvent:

@@ -9,8 +9,8 @@ from litestar.params import Parameter
 
 from app.auth.service import WorkspaceAccess
 from app.events import queries as event_queries
-from app.events.service import Cursor
-from app.pagination import decode_cursor, encode_cursor
+from app.events.service import Cursor, continued_position
+from app.pagination import encode_cursor, listing_of
 from app.usage import service
 from app.usage.schemas import UsageRecord, UsageRecordPage, UsageSeries, UsageSnapshot
 
@@ -30,14 +30,16 @@ class UsageRecordController(Controller):
         order: Literal["asc", "desc"] = "desc", take: Take = 20, cursor: str | None = None,
     ) -> UsageRecordPage:
         where = service.record_filter(types, dict(request.query_params.dict()))
-        position = decode_cursor(cursor, Cursor) if cursor else None
+        listing = listing_of(request, order)
+        position = continued_position(cursor, listing)
         as_of = position.as_of if position else datetime.now(UTC)
         after = (position.timestamp, position.id) if position else None
         rows = await event_queries.event_page(
             client, workspace.workspace_id, where, order == "desc", after, as_of, take + 1
         )
         items = [service.record_from_row(row) for row in rows[:take]]
-        next_cursor = encode_cursor(Cursor(items[-1].created_at, items[-1].id, as_of)) if len(rows) > take else None
+        next_cursor = (encode_cursor(Cursor(items[-1].created_at, items[-1].id, as_of, listing))
+                       if len(rows) > take else None)
         return UsageRecordPage(items, next_cursor)
 
     # A str path parameter, not uuid: any id under this path exists as a path, so PUT/PATCH/DELETE are 405.
