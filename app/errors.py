@@ -15,7 +15,8 @@ log = logging.getLogger("app.errors")
 
 RETRY_AFTER_SECONDS = "1"
 FIELD_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`$")
-MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+# A message about one field of an object: missing, or not one the object has.
+NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
 
 class StoreUnavailable(HTTPException):
@@ -54,6 +55,8 @@ def validation_exception(_: Request, exc: ValidationException) -> Response:
     # while a value that decodes but breaks a rule is unprocessable (422).
     if exc.status_code == 400 and not exc.extra and "decod" in exc.detail.lower():
         return error_response(400, "Malformed JSON body")
+    if isinstance(exc.extra, list) and {"key": "data", "message": "'data'", "source": "body"} in exc.extra:
+        return error_response(400, "A JSON body is required")
     return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, _plain_extra(exc.extra))
 
 
@@ -71,11 +74,16 @@ def unexpected_exception(request: Request, exc: Exception) -> Response:
 def field_in_message(message: str) -> str | None:
     """The field a msgspec validation message is about (`... - at `$.a.b``, `missing required field `x``)."""
     located = FIELD_IN_MESSAGE.search(message)
-    field = located.group(1) if located else ""
-    missing = MISSING_FIELD.search(message)
-    if missing:
-        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
-    return field or None
+    return field_at(located.group(1) if located else "", message)
+
+
+def field_at(location: str, message: str) -> str | None:
+    """The field at `location` (a dotted path, "" for the top) a message is about, or the one inside it that it
+    names (a missing or an unknown field)."""
+    named = NAMED_FIELD.search(message)
+    if named:
+        return f"{location}.{named.group(1)}" if location else named.group(1)
+    return location or None
 
 
 def without_location(message: str) -> str:
@@ -94,7 +102,8 @@ def _plain_extra(extra: object) -> object:
         message = str(item.get("message", ""))
         field = item.get("field", item.get("key"))
         if item.get("source") == "body":
-            field = field_in_message(message) or field
+            # Litestar moves the message's location into `key`, "data" when it is the body itself.
+            field = field_at("" if field == "data" else str(field), message) or "body"
         plain.append({"field": field, "message": without_location(message)})
     return plain
 

@@ -33,6 +33,15 @@ def test_malformed_json_is_400_and_invalid_value_is_422(api: TestClient) -> None
     assert missing["extra"][0]["field"] == "email"
 
 
+def test_a_body_error_names_the_field_as_the_client_sent_it(api: TestClient) -> None:
+    json_type = {"Content-Type": "application/json"}
+    assert_error(api.post("/api/workspaces", headers=json_type), 400)  # no body at all
+    unknown = assert_error(api.post("/api/workspaces", json={"name": "a", "colour": "blue"}), 422)
+    assert [item["field"] for item in unknown["extra"]] == ["colour"]
+    not_object = assert_error(api.post("/api/workspaces", json=[1]), 422)
+    assert [item["field"] for item in not_object["extra"]] == ["body"]
+
+
 class Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
