@@ -38,8 +38,7 @@ from app.errors import invalid
 from app.events.claims import LocalClaims, RedisClaims
 from app.events.service import as_uuid
 from app.warehouse import embedded
-from app.warehouse.client import logs_in
-from app.warehouse.client import stored_now
+from app.warehouse.client import logs_in, stored_now
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +383,3 @@ def _number(value: float | None) -> int | float | None:
     if value is None or not math.isfinite(value):
         return None
     return int(value) if float(value).is_integer() else value
-
-
-

@@ -131,8 +131,8 @@ async def _event_rows(
     if older_than is not None:
         bounds += " AND timestamp < {older_than:DateTime64(3, 'UTC')}"
         parameters["older_than"] = older_than
-    matching = (f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} AND ({where.sql}) "
-                f"AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}}{bounds}")
+    matching = (f"SELECT {OUTPUT_COLUMNS} FROM events_by_time WHERE workspace_id = {{workspace:UUID}} "
+                f"AND ({where.sql}) AND ingested_at <= {{as_of:DateTime64(3, 'UTC')}}{bounds}")
     # In the table's own order ClickHouse reads only the newest (or oldest) granules and stops; one row more
     # than the page tells whether the events of its last instant go on past it.
     result = await client.query(f"{matching} ORDER BY timestamp {direction}, id {direction} LIMIT {{take:UInt32}}",

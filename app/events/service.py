@@ -452,8 +452,9 @@ def metadata_filters(query: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 
 def storable(instant: datetime) -> datetime:
-    """A bound of a time range, moved into the range events can have (from 1970 to 5 minutes from now, well
-    inside ClickHouse's DateTime64 years 1900-2299): the same events match, and ClickHouse can read it."""
+    """A bound of a time range, moved into the range events can have (from 1970 to a day from now: no event is
+    more than 5 minutes ahead), well inside ClickHouse's DateTime64 years 1900-2299: the same events match, and
+    ClickHouse can read it."""
     return min(max(instant, EARLIEST_TIMESTAMP), datetime.now(UTC) + timedelta(days=1))
 
 
@@ -462,6 +463,9 @@ def listing_filter(
     start: datetime | None, end: datetime | None, parent_id: UUID | None, depth: int | None,
     metadata: list[tuple[str, str]],
 ) -> EventFilter:
+    for field, bound in (("start_timestamp", start), ("end_timestamp", end)):
+        if bound is not None and bound.utcoffset() is None:
+            raise invalid(field, "needs a UTC offset, as RFC 3339 has it")
     if start and end and end < start:
         raise invalid("end_timestamp", "is before start_timestamp")
     where = EventFilter()
