@@ -181,6 +181,7 @@ def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
     (gzip.compress(b'{"events": []}')[:-6], {"Content-Encoding": "gzip"}, 400),
     (b"not gzip at all", {"Content-Encoding": "gzip"}, 400),
     (b'{"events": []}', {"Content-Type": "text/plain"}, 415),
+    (b'{"events": []}', {"Content-Encoding": "br"}, 415),
     (b'{"events": 3}', {}, 422),
     (b'[]', {}, 422),
 ])

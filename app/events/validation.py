@@ -70,8 +70,12 @@ class ValidEvent(msgspec.Struct, gc=False):
 
 
 def read_body(body: bytes, content_encoding: str | None) -> bytes:
-    """The body as sent, decompressed when gzip; 413 past 10 MiB after decompression, 400 when broken."""
-    if (content_encoding or "").strip().lower() not in {"gzip", "x-gzip"}:
+    """The body as sent, decompressed when gzip; 413 past 10 MiB after decompression, 400 when broken, 415 in
+    an encoding other than gzip (read as it is, it would only be malformed JSON)."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding not in {"", "identity", "gzip", "x-gzip"}:
+        raise HTTPException(status_code=415, detail="Send the body as it is or with Content-Encoding: gzip")
+    if encoding not in {"gzip", "x-gzip"}:
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge(detail="The body is over 10 MiB")
         return body
