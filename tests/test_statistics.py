@@ -37,8 +37,8 @@ START, END = date(2026, 9, 28), date(2026, 11, 8)  # Monday to Sunday: Berlin's,
 NAMES = ("api.request", "llm.call", "page.view")
 FIELDS = ["_cost.amount", "duration_ms", "_llm.total_tokens", "a.b.c", "flag", "missing"]
 # Africa/Casablanca: from 2026-09-20 ClickHouse 26.9's own zone data has it at UTC+0, Python's tzdata at UTC+1.
-ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Asia/Calcutta", "Asia/Kathmandu", "Australia/Adelaide",
-         "Africa/Casablanca")
+ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Asia/Calcutta", "Asia/Kathmandu",
+         "Australia/Adelaide", "Africa/Casablanca")
 # Three local days around each zone's most awkward moment, for the hourly series (31 days at most).
 HOUR_WINDOWS = {
     "UTC": date(2026, 10, 31),
