@@ -55,6 +55,7 @@ def validation_exception(_: Request, exc: ValidationException) -> Response:
     # while a value that decodes but breaks a rule is unprocessable (422).
     if exc.status_code == 400 and not exc.extra and "decod" in exc.detail.lower():
         return error_response(400, "Malformed JSON body")
+    # No body where one is required: Litestar reports its missing `data` argument, as a KeyError's text.
     if isinstance(exc.extra, list) and {"key": "data", "message": "'data'", "source": "body"} in exc.extra:
         return error_response(400, "A JSON body is required")
     return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, _plain_extra(exc.extra))

@@ -92,10 +92,11 @@ async def _customer_keys(
 ) -> list[str] | None:
     """The identity keys a customer filter stands for; None for no filter. Filters combine: with both, the keys
     of the one customer both name, none when they name two."""
-    keys = [await identity_keys(client, workspace_id, [customer_id], []) if customer_id is not None else None,
-            await identity_keys(client, workspace_id, [], [external_customer_id])
-            if external_customer_id is not None else None]
-    named = [set(found) for found in keys if found is not None]
+    named = []
+    if customer_id is not None:
+        named.append(set(await identity_keys(client, workspace_id, [customer_id], [])))
+    if external_customer_id is not None:
+        named.append(set(await identity_keys(client, workspace_id, [], [external_customer_id])))
     return sorted(set.intersection(*named)) if named else None
 
 

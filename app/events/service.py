@@ -28,6 +28,7 @@ from app.events.writes import LocalWrites, RedisWrites
 from app.events.coalescer import Coalescer
 from app.pagination import decode_cursor
 from app.stream.broker import Broker
+from app.warehouse.client import EPOCH, MILLISECOND, to_millisecond
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ UUID_VERSION_4 = bytes(byte & 0x0F | 0x40 for byte in range(256))
 UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
 # The insert sends columns as EVENT_INSERT_TYPES says, for ClickHouse to convert (its default, made explicit).
 INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1}
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MILLISECOND = timedelta(milliseconds=1)
 
 
 def event_type_id(workspace_id: UUID, name: str) -> UUID:
@@ -351,12 +350,6 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
     return placed
 
 
-def to_millisecond(moment: datetime) -> datetime:
-    """The moment in UTC at the precision ClickHouse keeps (DateTime64(3)), so what is answered equals what is
-    stored. Arithmetic rather than astimezone() and replace(): this runs for every event."""
-    return EPOCH + (moment - EPOCH) // MILLISECOND * MILLISECOND
-
-
 def _stored_event(item: ValidEvent, spot: Placed, identity: tuple, received_at: datetime, ingested_at: datetime,
                   source: str) -> StoredEvent:
     """`received_at` in UTC to the millisecond already: most events have no timestamp of their own."""
@@ -478,8 +471,8 @@ def listing_filter(
     if start:
         where.add("timestamp >= {start:DateTime64(3, 'UTC')}", start=storable(start))
     if end:
-        where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=storable(end))
         where.until = storable(end)
+        where.add("timestamp < {end:DateTime64(3, 'UTC')}", end=where.until)
     if parent_id:
         where.add("parent_id = {parent:UUID}", parent=parent_id)
     if depth is not None:

@@ -1,7 +1,7 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,12 +11,13 @@ from litestar.exceptions import ClientException, HTTPException
 
 from app.errors import error_response, field_in_message, without_location
 from app.events.schemas import CostIn, EventIn, IngestEnvelope, IngestError, LlmIn, ReservedMetadata
+from app.warehouse.client import EPOCH
 
 MAX_EVENTS = 10_000
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_FUTURE = timedelta(minutes=5)
 # The rollups' buckets are DateTime (from 1970): an earlier event would count in 1970's first bucket.
-EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST_TIMESTAMP = EPOCH
 MAX_METADATA_KEYS = 50
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 3
