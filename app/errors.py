@@ -72,6 +72,14 @@ def unexpected_exception(request: Request, exc: Exception) -> Response:
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", {"request_id": request_id})
 
 
+def nested_too_deeply(request: Request, exc: RecursionError) -> Response:
+    # msgspec decodes nested JSON by recursion: a body nested past Python's limit is malformed; any other
+    # RecursionError is a fault of ours.
+    if "deserializing" in str(exc):
+        return error_response(400, "Malformed JSON body: nested too deeply")
+    return unexpected_exception(request, exc)
+
+
 def field_in_message(message: str) -> str | None:
     """The field a msgspec validation message is about (`... - at `$.a.b``, `missing required field `x``)."""
     located = FIELD_IN_MESSAGE.search(message)
@@ -115,5 +123,6 @@ EXCEPTION_HANDLERS = {
     OperationalError: store_unavailable,
     aiohttp.ClientConnectionError: store_unavailable,
     TimeoutError: store_unavailable,
+    RecursionError: nested_too_deeply,
     Exception: unexpected_exception,
 }

@@ -3,12 +3,14 @@
 import base64
 import binascii
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import msgspec
 from litestar import Request
 
 from app.errors import invalid
+from app.warehouse.client import EPOCH
 
 Position = TypeVar("Position")
 
@@ -18,10 +20,18 @@ def encode_cursor(position: object) -> str:
 
 
 def decode_cursor(text: str, position_type: type[Position]) -> Position:
+    """The position a cursor holds; a 422 for anything this API could not have returned, its instants included:
+    all of them are events' times or moments of a listing, with an offset, from 1970 to now."""
     try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=position_type)
+        position = msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=position_type)
     except (binascii.Error, ValueError, msgspec.DecodeError) as error:
         raise invalid("cursor", "not a cursor this API returned") from error
+    fields = position if isinstance(position, tuple) else msgspec.structs.astuple(position)  # type: ignore[arg-type]
+    latest = datetime.now(UTC) + timedelta(days=1)
+    for value in fields:
+        if isinstance(value, datetime) and (value.tzinfo is None or not EPOCH <= value <= latest):
+            raise invalid("cursor", "not a cursor this API returned")
+    return position
 
 
 def listing_of(request: Request, order: str) -> str:

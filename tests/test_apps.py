@@ -304,6 +304,15 @@ def test_stats_and_api_history_match_a_brute_force_computation(
     assert call == {"method": None, "path": None, "username": None, "startedAt": rfc3339(now), "durationMs": None,
                     "statusCode": 200, "memoryPeakBytes": None}
 
+    # Numbers past the decimal context's 28 digits are whole already, and read back as they are.
+    huge = new_app(api, other_tenant)
+    ingest(api, other_tenant, [event("app.api_invoked", now, {"app_id": huge["id"], "status_code": 1e300,
+                                                              "duration_ms": 1e300, "memory_peak_bytes": 1e300})])
+    api_stats = api.get(f"/api/apps/{huge['id']}/stats", headers=bearer(other_tenant.viewer)).json()["api"]
+    assert api_stats["peakMemoryBytes"] == int(1e300) and api_stats["avgDurationMs"] == int(1e300)
+    [call] = api.get(f"/api/apps/{huge['id']}/stats/api", headers=bearer(other_tenant.member)).json()["recent"]
+    assert call["statusCode"] == int(1e300)
+
 
 # Permissions ---------------------------------------------------------------------------------------------
 

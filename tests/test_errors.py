@@ -31,6 +31,8 @@ def test_malformed_json_is_400_and_invalid_value_is_422(api: TestClient) -> None
     assert body["extra"] == [{"field": "name", "message": "Expected `str`, got `int`"}]
     missing = assert_error(api.post("/api/users", json={}), 422)
     assert missing["extra"][0]["field"] == "email"
+    deep = b'{"name": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
+    assert_error(api.post("/api/workspaces", content=deep, headers={"Content-Type": "application/json"}), 400)
 
 
 def test_a_body_error_names_the_field_as_the_client_sent_it(api: TestClient) -> None:

@@ -1,7 +1,10 @@
 """CONTRACT.md section 2, reading: listing filters and paging against a brute-force filter, single events,
 event types and customers, and tenant isolation of each route."""
 
+import base64
+import json
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -162,8 +165,12 @@ BACKWARDS = {"start_timestamp": "2026-11-02T00:00:00Z", "end_timestamp": "2026-1
 NO_OFFSET = {"start_timestamp": "2026-11-02T00:00:00"}  # not RFC 3339
 
 
+TOO_MANY_FILTERS = {f"meta[k{i}]": "1" for i in range(51)}
+
+
 @pytest.mark.parametrize("params", [{"take": 0}, {"take": 101}, {"order": "up"}, {"cursor": "garbage!"},
-                                    {"depth": -1}, {"start_timestamp": "soon"}, {"meta[a][": "x"}, BACKWARDS, NO_OFFSET])
+                                    {"depth": -1}, {"depth": 65_536}, {"start_timestamp": "soon"}, {"meta[a][": "x"},
+                                    BACKWARDS, NO_OFFSET, TOO_MANY_FILTERS])
 def test_bad_parameters_are_422(api: TestClient, tenant: Tenant, params: dict) -> None:
     response = api.get("/api/events", params=params, headers=tenant.headers)
     assert response.status_code == 422, response.text
@@ -191,6 +198,16 @@ def test_a_cursor_continues_only_its_own_listing(api: TestClient, populated) -> 
                          ("/api/usage/records", {"type": "page.view"})]:
         other = api.get(path, params={**params, "cursor": cursor}, headers=tenant.headers)
         assert other.status_code == 422 and other.json()["extra"][0]["field"] == "cursor", (path, params)
+
+
+@pytest.mark.parametrize("path", ["/api/events", "/api/usage/records", "/api/customers"])
+@pytest.mark.parametrize("instant", ["0001-01-01T00:00:00Z", "9999-01-01T00:00:00Z", "2026-01-01T00:00:00"])
+def test_a_cursor_holding_an_instant_no_listing_has_is_422(api: TestClient, tenant: Tenant, path: str,
+                                                            instant: str) -> None:
+    position = [instant, str(uuid.UUID(int=0))] + ([] if path == "/api/customers" else [instant])
+    cursor = base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+    response = api.get(path, params={"cursor": cursor}, headers=tenant.headers)
+    assert response.status_code == 422 and response.json()["extra"][0]["field"] == "cursor", response.text
 
 
 def test_unknown_parameters_are_ignored(api: TestClient, tenant: Tenant) -> None:
@@ -242,6 +259,7 @@ def test_customers_lifecycle_and_one_identity(api: TestClient, tenant: Tenant, o
     assert patched.json()["name"] == "Acme Inc"
     assert api.patch("/api/customers/acme-1", json={"external_id": "acme-2"}, headers=tenant.headers).status_code == 422
     assert api.get("/api/customers/acme-1", headers=tenant.headers).json()["name"] == "Acme Inc"
+    assert api.get(f"/api/customers/{customer['id'].upper()}", headers=tenant.headers).json()["name"] == "Acme Inc"
     assert api.get(f"/api/customers/{customer['id']}", headers=other_tenant.headers).status_code == 404
     assert api.delete(f"/api/customers/{customer['id']}", headers=other_tenant.headers).status_code == 404
     assert api.delete(f"/api/customers/{customer['id']}", headers=bearer(tenant.viewer)).status_code == 403

@@ -72,6 +72,10 @@ INVALID_EVENTS = [
     (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1}}), "metadata._llm.total_tokens"),
     (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1.5, "output_tokens": 1, "total_tokens": 2}}),
      "metadata._llm.input_tokens"),
+    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1, "total_tokens": 2**53}}),
+     "metadata._llm.total_tokens"),
+    (event(metadata={"n": 10**400}), "metadata.n"),
+    (event(metadata={"a": {"n": -10**400}}), "metadata.a.n"),
 ]
 
 
@@ -172,6 +176,18 @@ def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
     as_json = api.post("/api/events/ingest", content=body,
                        headers={**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert as_json.json() == {"inserted": 1, "duplicates": 0}
+    # Members appended one after another (`gzip >> file`) are one body, as zcat reads them.
+    members = b"".join(gzip.compress(json.dumps(event(external_id=f"member-{i}")).encode() + b"\n") for i in range(3))
+    appended = api.post("/api/events/ingest", content=members,
+                        headers={**tenant.headers, "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"})
+    assert appended.json() == {"inserted": 3, "duplicates": 0}
+
+
+def test_numbers_past_a_double_are_a_422(api: TestClient, tenant: Tenant) -> None:
+    body = (b'{"events": [{"name": "a", "external_customer_id": "c", "metadata": {"fine": 1e308, "n": 1e400, '
+            b'"nested": {"m": -1e400}}}]}')
+    response = api.post("/api/events/ingest", content=body, headers={**tenant.headers, "Content-Type": "application/json"})
+    assert errors_of(response) == [(0, "metadata.n"), (0, "metadata.nested.m")]
 
 
 @pytest.mark.parametrize(("body", "headers", "status"), [
@@ -182,8 +198,15 @@ def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
     (b"not gzip at all", {"Content-Encoding": "gzip"}, 400),
     (b'{"events": []}', {"Content-Type": "text/plain"}, 415),
     (b'{"events": []}', {"Content-Encoding": "br"}, 415),
+    (gzip.compress(b'{"events": []}') + b"trailing junk", {"Content-Encoding": "gzip"}, 400),
     (b'{"events": 3}', {}, 422),
     (b'[]', {}, 422),
+    # Nested past what a decoder recurses into: in the list, in an event's metadata, on a line of NDJSON.
+    (b'{"events": [' + b"[" * 5000 + b"]" * 5000 + b"]}", {}, 400),
+    (b'{"events": [{"name": "a", "external_customer_id": "c", "metadata": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000
+     + b"}]}", {}, 400),
+    (b'{"name": "a", "external_customer_id": "c", "metadata": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+     {"Content-Type": "application/x-ndjson"}, 400),
 ])
 def test_broken_bodies(api: TestClient, tenant: Tenant, body: bytes, headers: dict, status: int) -> None:
     response = api.post("/api/events/ingest", content=body,
@@ -243,6 +266,31 @@ def test_workspace_id_resolution(api: TestClient, tenant: Tenant, other_tenant: 
     token = api.post(f"/api/users/{user['id']}/tokens").json()["token"]
     assert api.get("/api/events", headers=bearer(token)).status_code == 422
     assert api.get(f"/api/events?workspace_id={other_tenant.id}", headers=bearer(token)).status_code == 200
+
+
+def test_a_long_chain_of_parents_in_one_batch_child_first(api: TestClient, tenant: Tenant) -> None:
+    links = 3000
+    batch = [event(external_id=f"link-{i}", **({"parent_id": f"link-{i - 1}"} if i else {})) for i in range(links)]
+    assert ingest(api, tenant, batch[::-1]).json() == {"inserted": links, "duplicates": 0}
+    [deepest] = all_events(api, tenant, depth=links - 1)
+    assert deepest["external_id"] == f"link-{links - 1}"
+    assert deepest["root_id"] == all_events(api, tenant, depth=0)[0]["id"]
+
+
+def test_a_tree_deeper_than_depth_holds_is_a_422(api: TestClient, tenant: Tenant, clickhouse_url: str) -> None:
+    # An event at the deepest depth the column holds, without ingesting 65,535 events above it first.
+    async def store_deepest() -> None:
+        client = await connect(clickhouse_url)
+        try:
+            await client.insert("event_keys_kv", [[uuid.UUID(tenant.id), "x:deepest", uuid.uuid4(), uuid.uuid4(), 65_535]],
+                                column_names=["workspace_id", "key", "id", "root_id", "depth"])
+        finally:
+            await client.close()
+
+    asyncio.run(store_deepest())
+    response = ingest(api, tenant, [event(external_id="fine"), event(external_id="below", parent_id="deepest")])
+    assert errors_of(response) == [(1, "parent_id")]
+    assert all_events(api, tenant) == []
 
 
 def test_hierarchy(api: TestClient, tenant: Tenant) -> None:

@@ -370,6 +370,8 @@ def _rounded(value: float | int) -> int:
         return value
     if not math.isfinite(value):
         return 0
+    if abs(value) >= 2**52:  # a whole number already, with more digits than the decimal context rounds
+        return int(value)
     return int(Decimal(repr(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

@@ -24,11 +24,11 @@ async def customers_by_reference(
 
 
 async def customer_row(client: AsyncClient, workspace_id: UUID, reference: str) -> tuple | None:
-    """A live customer by its id or its external id."""
+    """A live customer by its id (in either case, as other routes take ids) or its external id."""
     result = await client.query(
         f"SELECT {CUSTOMER_COLUMNS} FROM customers FINAL WHERE workspace_id = {{workspace:UUID}} AND NOT deleted "
-        "AND (toString(id) = {ref:String} OR external_id = {ref:String}) "
-        "ORDER BY toString(id) = {ref:String} DESC LIMIT 1",
+        "AND (toString(id) = lower({ref:String}) OR external_id = {ref:String}) "
+        "ORDER BY toString(id) = lower({ref:String}) DESC LIMIT 1",
         parameters={"workspace": workspace_id, "ref": reference},
     )
     return tuple(result.result_rows[0]) if result.result_rows else None

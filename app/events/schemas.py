@@ -8,7 +8,9 @@ import msgspec
 EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 ExternalRef = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-TokenCount = Annotated[int, msgspec.Meta(ge=0)]
+# At most 2^53 - 1, the largest integer a float (the `num` map, and JavaScript clients) holds exactly; larger
+# ones would also overflow the typed UInt64 column or its sums.
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 Source = Literal["user", "system"]
 
 # gc=False on the structs there is one of per ingested event: their fields are scalars (no container), so they

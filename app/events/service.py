@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 METADATA_PARAMETER = re.compile(r"meta(\[[^\[\]]+\])+")
 METADATA_SEGMENT = re.compile(r"\[([^\[\]]+)\]")
 MAX_EVENTS_PER_ROUND = 100_000
+# events.depth is a UInt16.
+MAX_DEPTH = 65_535
+# Each binds a few query parameters, and ClickHouse's HTTP interface takes at most 1,000 form fields.
+MAX_METADATA_FILTERS = 50
 # Under load, at most about four inserts a second (bench/ingest.py, 10-event batches from 64 producers: 0.7k
 # events/s with no pause, 1.3k with this one; 1,000-event batches are unchanged).
 MIN_ROUND_SECONDS = 0.25
@@ -312,41 +316,57 @@ def _split_duplicates(events: list[ValidEvent], known: dict[str, tuple]) -> tupl
 
 def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[int, Placed]:
     """id, root and depth of every new event; a parent is a stored event (by id or external id) or another
-    new event of the batch (by external id), in any order; 422 for an unknown parent or a cycle."""
+    new event of the batch (by external id), in any order; 422 for an unknown parent, a cycle or a tree deeper
+    than `depth` holds. Each event's chain of parents in the batch is walked up to where it hangs (a root, a
+    stored event or one placed already), then placed from there down: a loop, as chains may be 10,000 long."""
     ids = dict(zip([item.index for item in fresh], random_ids(len(fresh)), strict=True))
     by_external = {item.event.external_id: item for item in fresh if item.event.external_id is not None}
     placed: dict[int, Placed] = {}
+    failed: set[int] = set()
     errors: list[IngestError] = []
-
-    def place(item: ValidEvent, path: set[int]) -> Placed | None:
-        if item.index in placed:
-            return placed[item.index]
-        parent = item.event.parent_id
-        if parent is None:
-            spot = Placed(ids[item.index], ids[item.index], 0, None)
-        elif (stored := stored_reference(parent, known)) is not None:
-            spot = Placed(ids[item.index], stored[1], stored[2] + 1, stored[0])
-        elif parent in by_external and by_external[parent].index not in path | {item.index}:
-            above = place(by_external[parent], path | {item.index})
-            if above is None:
-                return None
-            spot = Placed(ids[item.index], above.root_id, above.depth + 1, above.id)
-        else:
-            cyclic = parent in by_external
-            errors.append(IngestError(item.index, "parent_id", "parents form a cycle" if cyclic else
-                                      "no event of this workspace has this id or external_id"))
-            return None
-        placed[item.index] = spot
-        return spot
-
     for item in fresh:
-        if item.event.parent_id is None:  # most events: no need for the search above
-            placed[item.index] = Placed(ids[item.index], ids[item.index], 0, None)
-        else:
-            place(item, set())
+        chain: list[ValidEvent] = []
+        on_chain: set[int] = set()
+        current: ValidEvent | None = item
+        above: tuple | None = None  # (id, root_id, depth) of where the chain hangs; None: its top is a root
+        while current is not None:
+            if current.index in placed:
+                spot = placed[current.index]
+                above = (spot.id, spot.root_id, spot.depth)
+                break
+            if current.index in failed:
+                current = None
+                break
+            chain.append(current)
+            on_chain.add(current.index)
+            parent = current.event.parent_id
+            if parent is None:
+                break
+            if (stored := stored_reference(parent, known)) is not None:
+                above = stored
+                break
+            following = by_external.get(parent)
+            if following is None:
+                errors.append(IngestError(current.index, "parent_id",
+                                          "no event of this workspace has this id or external_id"))
+            elif following.index in on_chain:
+                cycle = chain[[member.index for member in chain].index(following.index):]
+                errors.extend(IngestError(member.index, "parent_id", "parents form a cycle") for member in cycle)
+            current = following if following is not None and following.index not in on_chain else None
+        if current is None:
+            failed.update(on_chain)
+            continue
+        for member in reversed(chain):
+            own = ids[member.index]
+            spot = Placed(own, own, 0, None) if above is None else Placed(own, above[1], above[2] + 1, above[0])
+            if spot.depth > MAX_DEPTH:
+                errors.append(IngestError(member.index, "parent_id", f"trees are at most {MAX_DEPTH} deep"))
+                failed.update(other.index for other in chain)
+                break
+            placed[member.index] = spot
+            above = (spot.id, spot.root_id, spot.depth)
     if errors:
-        unique = {(error.index, error.message): error for error in errors}
-        raise BatchInvalid(sorted(unique.values(), key=lambda error: error.index))
+        raise BatchInvalid(sorted(errors, key=lambda error: error.index))
     return placed
 
 
@@ -441,6 +461,8 @@ def metadata_filters(query: dict[str, list[str]]) -> list[tuple[str, str]]:
             raise invalid(name, "use meta[key]=value or meta[key][nested]=value")
         path = ".".join(METADATA_SEGMENT.findall(name))
         filters.extend((path, value) for value in values)
+    if len(filters) > MAX_METADATA_FILTERS:
+        raise invalid("meta", f"at most {MAX_METADATA_FILTERS} meta[...] filters")
     return filters
 
 

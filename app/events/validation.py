@@ -1,5 +1,6 @@
 """An ingest body, decoded and checked against every field rule of the contract, all errors at once."""
 
+import sys
 import zlib
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,6 +16,9 @@ from app.warehouse.client import EPOCH
 
 MAX_EVENTS = 10_000
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Enough for a member per event; each member costs a decompressor.
+MAX_GZIP_MEMBERS = 10_000
+GZIP_CHUNK_BYTES = 64 * 1024
 MAX_FUTURE = timedelta(minutes=5)
 # The rollups' buckets are DateTime (from 1970): an earlier event would count in 1970's first bucket.
 EARLIEST_TIMESTAMP = EPOCH
@@ -22,6 +26,8 @@ MAX_METADATA_KEYS = 50
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 3
 MAX_KEY_LENGTH = 40
+# Numbers are stored as 64-bit floats: past this one, only as infinity.
+MAX_NUMBER = sys.float_info.max
 RESERVED_KEYS = {"_cost": CostIn, "_llm": LlmIn}
 METADATA_DECODER = msgspec.json.Decoder(Any)
 # Decimals, not floats: a cost keeps all 12 of its fraction digits. For metadata whose reserved part fails
@@ -80,16 +86,31 @@ def read_body(body: bytes, content_encoding: str | None) -> bytes:
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge(detail="The body is over 10 MiB")
         return body
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, MAX_BODY_BYTES + 1)
-    except zlib.error as error:
-        raise ClientException(detail=f"The gzip body cannot be decompressed: {error}") from error
-    if len(data) > MAX_BODY_BYTES or inflater.unconsumed_tail:
-        raise PayloadTooLarge(detail="The body is over 10 MiB after decompression")
-    if not inflater.eof:
-        raise ClientException(detail="The gzip body is truncated")
-    return data
+    return _gunzip(body)
+
+
+def _gunzip(body: bytes) -> bytes:
+    """Every member of a gzip body, one after another as RFC 1952 allows (what `gzip` writes when appending):
+    a body of several is all of them, not the first. Fed in chunks, since each member's decompressor copies
+    all the input left after it."""
+    data, view, start = bytearray(), memoryview(body), 0
+    for _ in range(MAX_GZIP_MEMBERS):
+        inflater, at = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), start
+        while not inflater.eof and at < len(body):
+            chunk = view[at:at + GZIP_CHUNK_BYTES]
+            at += len(chunk)
+            try:
+                data += inflater.decompress(chunk, MAX_BODY_BYTES + 1 - len(data))
+            except zlib.error as error:
+                raise ClientException(detail=f"The gzip body cannot be decompressed: {error}") from error
+            if len(data) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+                raise PayloadTooLarge(detail="The body is over 10 MiB after decompression")
+        if not inflater.eof:
+            raise ClientException(detail="The gzip body is truncated")
+        start = at - len(inflater.unused_data)
+        if start == len(body):
+            return bytes(data)
+    raise ClientException(detail=f"A gzip body holds at most {MAX_GZIP_MEMBERS} members")
 
 
 def split_events(body: bytes, content_type: str) -> list[msgspec.Raw]:
@@ -217,7 +238,10 @@ def _check_object(checked: ValidEvent, obj: dict[str, Any], prefix: str, depth: 
         elif kind is float:
             numbers[path] = value
         elif kind is int or kind is Decimal:
-            numbers[path] = float(value)
+            if -MAX_NUMBER <= value <= MAX_NUMBER:
+                numbers[path] = float(value)
+            else:
+                errors.append(IngestError(index, f"metadata.{path}", f"numbers are at most {MAX_NUMBER} in magnitude"))
         elif kind is bool:
             booleans[path] = value
         elif kind is dict:

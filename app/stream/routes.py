@@ -45,7 +45,7 @@ FINAL_DETAIL = {
     ITEM_UNAVAILABLE: "live events are unavailable right now; reconnect shortly",
 }
 
-Coverage = Callable[[], Awaitable[set[str]]]
+Coverage = Callable[[], Awaitable[set[str] | None]]
 
 
 @dataclass
@@ -171,10 +171,10 @@ class _Live:
         except Exception as error:  # noqa: BLE001 - the store is down; the next period tries again
             log.warning("could not re-check a stream's workspaces: %s", error)
             return [], True
+        if wanted is None:
+            return [], False
         if wanted == set(self.sub.workspace_ids):
             return [], True
-        if not wanted:
-            return [], False
         # No await from here to the swap: whatever the broker dispatched before the new subscription existed is
         # in the old one's backlog, everything after goes to the new one, so nothing is lost or sent twice.
         old, self._sub = self.sub, self.broker.subscribe(sorted(wanted), self.names)
@@ -228,9 +228,11 @@ async def _close_stream(frames: AsyncGenerator[ServerSentEventMessage, None], li
 
 
 def _readable_among(client: AsyncClient, principal: Principal, among: set[str] | None) -> Coverage:
-    async def coverage() -> set[str]:
+    """What a stream covers now: every readable workspace (a user's stream goes on with none, as it may start
+    with none), or those of `among`, None once none is left (a workspace's stream ends)."""
+    async def coverage() -> set[str] | None:
         readable = {str(workspace_id) for workspace_id in await readable_workspaces(client, principal)}
-        return readable if among is None else readable & among
+        return readable if among is None else (readable & among) or None
 
     return coverage
 
