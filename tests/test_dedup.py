@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import TestClient
 
 from app.config import Settings
+from app.events import service
 from app.main import create_app
 from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
@@ -147,7 +148,9 @@ def test_a_refused_number_is_a_503_and_nothing_is_stored(
                    {"w": tenant.id}) == [(1, 1)]
 
 
-def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant) -> None:
+def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clickhouse_url: str, tenant: Tenant,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "INSERT_RETRY_SECONDS", 1.0)  # refused each time it is sent, then a 503
     alter(clickhouse_url, "ALTER TABLE events ADD CONSTRAINT refuse_for_test CHECK 0 = 1")
     try:
         refused = api.post("/api/events/ingest", json=batch(["r1", "r2"]), headers=tenant.headers)
@@ -160,7 +163,45 @@ def test_a_refused_insert_is_a_503_and_its_retry_is_stored(api: TestClient, clic
     assert stored_counts(clickhouse_url, tenant.id) == {"r1": 1, "r2": 1}
 
 
-def test_no_store_is_a_503_with_retry_after_and_nothing_stored(tmp_path: Path) -> None:
+def test_an_insert_cut_off_midway_is_completed_by_its_retry_and_stored_once(
+    api: TestClient, clickhouse_url: str, tenant: Tenant
+) -> None:
+    # A view refusing the batch fails the insert after `events` and some of its views may have taken it.
+    alter(clickhouse_url, "CREATE TABLE refused_for_test (x UInt8) ENGINE = Null")
+    alter(clickhouse_url, "CREATE MATERIALIZED VIEW refuse_for_test TO refused_for_test AS "
+                          "SELECT throwIf(name = 'cut.off', 'refused for test') AS x FROM events")
+    seen_while_refused: list[int] = []
+
+    def lift_the_refusal() -> None:
+        time.sleep(1.5)  # the API sends its rows again every 0.5 s meanwhile
+        seen_while_refused.append(run_sql(clickhouse_url, "SELECT count() FROM events WHERE workspace_id = {w:UUID}",
+                                          {"w": tenant.id})[0][0])
+        alter(clickhouse_url, "DROP VIEW refuse_for_test")
+
+    lifter = threading.Thread(target=lift_the_refusal)
+    lifter.start()
+    body = {"events": [{"name": "cut.off", "external_customer_id": "c", "external_id": f"cut-{i}"} for i in range(3)]}
+    try:
+        response = api.post("/api/events/ingest", json=body, headers=tenant.headers)
+    finally:
+        lifter.join()
+        alter(clickhouse_url, "DROP VIEW IF EXISTS refuse_for_test")
+        alter(clickhouse_url, "DROP TABLE refused_for_test")
+    assert response.json() == {"inserted": 3, "duplicates": 0}
+    assert seen_while_refused == [3]  # the first attempt had stored the events, not all of their views
+    assert stored_counts(clickhouse_url, tenant.id) == {f"cut-{i}": 1 for i in range(3)}
+    workspace = {"w": tenant.id}
+    for table, count in [("events_by_time", "count()"), ("events_by_customer", "count()"),
+                         ("event_stats_1d", "sum(occurrences)"), ("event_stats_15m", "sum(occurrences)"),
+                         ("customer_usage", "sum(events) / 3")]:
+        assert run_sql(clickhouse_url, f"SELECT {count} FROM {table} WHERE workspace_id = {{w:UUID}}",
+                       workspace) == [(3,)], table
+    types = api.get("/api/event-types", headers=tenant.headers).json()
+    assert [(item["name"], item["occurrences"]) for item in types] == [("cut.off", 3)]
+
+
+def test_no_store_is_a_503_with_retry_after_and_nothing_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "INSERT_RETRY_SECONDS", 1.0)
     server = EmbeddedServer(tmp_path / "ch", free_port(), free_port())
     server.start()
     settings = Settings(admin_token=OPERATOR_TOKEN, clickhouse_url=server.url, data_dir=str(tmp_path / "api"))

@@ -1,7 +1,9 @@
 """CONTRACT.md section 9: every error is JSON {status_code, detail, extra}, with nothing internal in it."""
 
+import asyncio
 import logging
 
+import httpx
 from litestar import get
 from litestar.testing import TestClient
 
@@ -76,3 +78,14 @@ def test_unexpected_failure_is_500_with_a_request_id_only(settings) -> None:
 def test_a_long_garbage_token_is_401(api: TestClient) -> None:
     response = api.get("/api/workspaces", headers={"Authorization": "Bearer " + "x" * 5000})
     assert response.status_code == 401
+
+
+def test_two_authorization_headers_are_401(api: TestClient) -> None:
+    # Each would be let in alone; together, a proxy in front may have checked the other one. Sent as two headers
+    # (the test client would join them into one), to a route that answers the operator without ClickHouse.
+    async def request() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api.app), base_url="http://test") as client:
+            return await client.get("/api/metrics/limits", headers=[("Authorization", f"Bearer {OPERATOR_TOKEN}"),
+                                                                    ("Authorization", f"Bearer {OPERATOR_TOKEN}")])
+
+    assert_error(asyncio.run(request()), 401)

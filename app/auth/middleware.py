@@ -9,7 +9,10 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
     """Every /api route but the health check needs `Authorization: Bearer <token>`."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        sent = connection.headers.getall("authorization", [])
+        if len(sent) > 1:  # a proxy in front may have checked another one than this would read
+            raise NotAuthorizedException(detail="Send one Authorization header")
+        scheme, _, token = (sent[0] if sent else "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException(detail="Missing bearer token")
         state = connection.app.state

@@ -116,7 +116,7 @@ async def implied_workspace(client: AsyncClient, principal: Principal, workspace
             if len(memberships) == 1:
                 workspace_id = next(iter(memberships))
         if workspace_id is None:
-            raise invalid("workspace_id", "required: the caller can read more than one workspace")
+            raise invalid("workspace_id", "required: the caller can read more than one workspace, or none")
     return await workspace_access(client, principal, workspace_id)
 
 

@@ -75,27 +75,28 @@ class RedisClaims:
     async def claim(self, workspace_id: UUID, keys: list[str]) -> AsyncIterator[None]:
         async with self.local.claim(workspace_id, keys):
             names = [f"claim:{workspace_id}:{key}" for key in sorted(set(keys))]
+            if not names:
+                yield
+                return
             token = uuid.uuid4().hex
             try:
-                held = await self._acquire_all(names, token)
+                await self._acquire_all(names, token)
             except RedisError as error:
-                # Redis going away must not stop ingestion: this process's own claims still hold, and the
-                # store is checked under them; only a same-key race across processes is left unguarded.
-                log.warning("Redis unavailable for dedup claims, using in-process claims only: %s", error)
-                held = False
-            refresher = asyncio.create_task(self._keep_alive(names)) if held else None
+                # Without them another process could store the same key, or give two customers one number for
+                # good: a 503 the producer retries, rather than a duplicate it never hears of.
+                log.warning("Redis unavailable for claims: %s", error)
+                raise StoreUnavailable("Redis, which keeps ingestion exact across API processes, is unavailable; "
+                                       "retry shortly") from error
+            refresher = asyncio.create_task(self._keep_alive(names))
             try:
                 yield
             finally:
-                if refresher is not None:
-                    refresher.cancel()
-                    await asyncio.gather(refresher, return_exceptions=True)
-                    await self._release_quietly(names, token)
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+                await self._release_quietly(names, token)
 
-    async def _acquire_all(self, names: list[str], token: str) -> bool:
+    async def _acquire_all(self, names: list[str], token: str) -> None:
         """All of the claims or none: a partial set held while waiting could deadlock with another process."""
-        if not names:
-            return False
         deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_SECONDS
         while True:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -103,7 +104,7 @@ class RedisClaims:
                     pipe.set(name, token, nx=True, px=CLAIM_TTL_MS)
                 results = await pipe.execute()
             if all(results):
-                return True
+                return
             taken = [name for name, ok in zip(names, results, strict=True) if ok]
             if taken:
                 await self._release(keys=taken, args=[token])

@@ -46,8 +46,13 @@ EVENT_TYPE_NAMESPACE = uuid.UUID("8f2d7f0e-5d0c-4c57-9a3e-0b5c2b1f7a11")
 # Byte maps that set the version (4) and variant (RFC 4122) bits of random UUID bytes.
 UUID_VERSION_4 = bytes(byte & 0x0F | 0x40 for byte in range(256))
 UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
-# The insert sends columns as EVENT_INSERT_TYPES says, for ClickHouse to convert (its default, made explicit).
-INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1}
+# The insert sends columns as EVENT_INSERT_TYPES says, for ClickHouse to convert (its default, made explicit);
+# views check their own blocks against the insert's token, so a retry fills in what a failure left out.
+INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1,
+                   "deduplicate_blocks_in_dependent_materialized_views": 1}
+# How long a round sends its rows again after a failure: the embedded server is back within 2 s of a crash.
+INSERT_RETRY_SECONDS = 10.0
+INSERT_RETRY_PAUSE_SECONDS = 0.5
 
 
 def event_type_id(workspace_id: UUID, name: str) -> UUID:
@@ -163,9 +168,7 @@ class EventStore:
             count = sum(len(outcome.stored) for outcome in prepared)
             if count:
                 try:
-                    await self.client.insert("events", insert_columns(prepared), column_names=EVENT_COLUMNS,
-                                             column_type_names=list(EVENT_INSERT_TYPES.values()),
-                                             column_oriented=True, settings=INSERT_SETTINGS)
+                    await self._insert(insert_columns(prepared))
                 except Exception as error:  # noqa: BLE001
                     # Nothing is acknowledged; the claims are released on the way out so retries are stored.
                     log.warning("insert of %d events failed: %s", count, error)
@@ -175,6 +178,25 @@ class EventStore:
                                for workspace, stored in published if self.broker.listened(workspace)))
         return [outcome if isinstance(outcome, Exception) else
                 IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
+
+    async def _insert(self, columns: list[list[Any]]) -> None:
+        """The rows sent until ClickHouse has them all, for INSERT_RETRY_SECONDS at most. An insert that fails
+        may have reached `events` and some of its views and not others (schema/0018); sent again with the same
+        token, each table skips the block it has and takes the one it lacks, so nothing is stored twice."""
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": uuid.uuid4().hex}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + INSERT_RETRY_SECONDS
+        while True:
+            try:
+                await self.client.insert("events", columns, column_names=EVENT_COLUMNS,
+                                         column_type_names=list(EVENT_INSERT_TYPES.values()),
+                                         column_oriented=True, settings=settings)
+                return
+            except Exception as error:
+                if loop.time() + INSERT_RETRY_PAUSE_SECONDS > deadline:
+                    raise
+                log.warning("insert failed, sending it again: %s", error)
+                await asyncio.sleep(INSERT_RETRY_PAUSE_SECONDS)
 
     async def _customer_numbers(self, identified: list[tuple[IngestJob, dict[int, tuple]] | Exception]
                                 ) -> dict[UUID, dict[str, int]]:
@@ -242,6 +264,9 @@ def _prepared(identified: list[tuple[IngestJob, dict[int, tuple]] | Exception],
             outcomes.append(_prepare(job, identities, lookups[job.workspace_id][1], numbers[job.workspace_id],
                                      shares.get(job.workspace_id, {}), ingested_at))
         except BatchInvalid as error:
+            outcomes.append(error)
+        except Exception as error:  # noqa: BLE001 - a fault with one job's events fails that job, not its round
+            log.exception("events of a job could not be prepared")
             outcomes.append(error)
     return outcomes
 
