@@ -11,6 +11,7 @@ from xml.etree import ElementTree
 
 import pytest
 
+from app.warehouse import embedded
 from app.warehouse.embedded import (
     EmbeddedServer,
     EmbeddedServerError,
@@ -102,7 +103,22 @@ def test_analyst_is_read_only(server: EmbeddedServer) -> None:
     http_query(server, "CREATE TABLE facts (x UInt32) ENGINE = MergeTree ORDER BY x")
     http_query(server, "INSERT INTO facts VALUES (7)")
     assert http_query(server, "SELECT x FROM facts", user="analyst").strip() == "7"
-    assert "READONLY" in http_query(server, "INSERT INTO facts VALUES (8)", user="analyst")
+    assert "ACCESS_DENIED" in http_query(server, "INSERT INTO facts VALUES (8)", user="analyst")
+    assert "facts" in http_query(server, "SELECT name FROM system.tables WHERE database = 'default'", user="analyst")
+    # Nothing beyond reading: no files, no requests from the server, no SYSTEM, no other database.
+    written = server.root / "written-by-analyst.tsv"
+    denied = [
+        f"INSERT INTO FUNCTION file('{written}', 'TSV', 'a String') SELECT 'x'",
+        f"SELECT * FROM url('http://127.0.0.1:{server.http_port}/?query=SELECT+1', 'RawBLOB')",
+        "SELECT * FROM remote('127.0.0.1', system.one)",
+        "SYSTEM STOP MERGES facts",
+        "SELECT x FROM elsewhere.facts",
+    ]
+    http_query(server, "CREATE DATABASE elsewhere")
+    http_query(server, "CREATE TABLE elsewhere.facts (x UInt32) ENGINE = MergeTree ORDER BY x")
+    for sql in denied:
+        assert "ACCESS_DENIED" in http_query(server, sql, user="analyst"), sql
+    assert not written.exists()
 
 
 def test_listens_on_loopback_only(server: EmbeddedServer) -> None:
@@ -124,6 +140,18 @@ def test_supervisor_restarts_a_dead_server(server: EmbeddedServer) -> None:
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: server.pid != old_pid and server.alive() and http_query(server, "SELECT 1").strip() == "1",
              "the embedded server was not restarted")
+
+
+def test_supervisor_restarts_a_server_that_stopped_answering(server: EmbeddedServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "SILENT_RESTART_SECONDS", 3.0)
+    server.supervise()
+    old_pid = server.pid
+    # The password-less in-process user may stop the listeners; the supervisor notices the silence.
+    http_query(server, "SYSTEM STOP LISTEN HTTP", user="default", password="")
+    assert http_query(server, "SELECT 1").startswith("unreachable")
+    wait_for(lambda: server.pid != old_pid and http_query(server, "SELECT 1").strip() == "1",
+             "the silent server was not restarted")
 
 
 def test_a_supervised_server_restarts_to_take_a_users_file_and_to_drop_it(server: EmbeddedServer) -> None:

@@ -301,6 +301,30 @@ def test_customer_id_filter_means_the_customers_events(api: TestClient, tenant: 
     assert source == "raw"
 
 
+def test_a_customer_named_by_id_and_by_an_external_id_it_is_given_later_is_one(api: TestClient,
+                                                                                tenant: Tenant) -> None:
+    # Events by its id and by an external id no customer had, numbered apart; then the customer is given that
+    # external id (CONTRACT.md section 2: from then on one customer in every metric) and sends more by id.
+    customer = api.post("/api/customers", json={"name": "Joined later"}, headers=tenant.headers).json()
+    ingest(api, tenant, [{"name": "joined", "customer_id": customer["id"], "timestamp": "2026-10-07T10:00:00Z"},
+                         {"name": "joined", "external_customer_id": "late-x", "timestamp": "2026-10-07T11:00:00Z"},
+                         {"name": "joined", "external_customer_id": "someone-else", "timestamp": "2026-10-07T11:30:00Z"}])
+    patched = api.patch(f"/api/customers/{customer['id']}", json={"external_id": "late-x"}, headers=tenant.headers)
+    assert patched.status_code == 200, patched.text
+    ingest(api, tenant, [{"name": "joined", "customer_id": customer["id"], "timestamp": "2026-10-07T12:00:00Z"}])
+    day = {"start_date": "2026-10-07", "end_date": "2026-10-07", "name": "joined"}
+    for only, customers, source in [({}, 2, "1d"), ({"customer_id": customer["id"]}, 1, "raw")]:
+        answer, used, _ = statistics(api, tenant, **day, **only)
+        assert used == source
+        [stats] = answer["periods"][0]["stats"]
+        assert (stats["occurrences"], stats["customers"]) == (customers + 2, customers)
+        assert answer["totals"][0]["customers"] == customers
+    for only, customers in [({}, 2), ({"customer_id": customer["id"]}, 1)]:
+        metrics = api.get("/api/metrics", params={"start_date": "2026-10-07", "end_date": "2026-10-07",
+                                                  "metrics": "active_users", **only}, headers=tenant.headers)
+        assert metrics.json()["totals"]["active_users"] == customers, (only, metrics.text)
+
+
 @pytest.mark.parametrize(("interval", "zone"), [("week", "Asia/Kolkata"), ("day", "America/New_York"),
                                                 ("hour", "Australia/Adelaide")])
 def test_every_source_gives_the_same_answer(settings, dataset: Dataset, interval: str, zone: str) -> None:

@@ -10,8 +10,10 @@ from uuid import UUID
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from app.customers import queries
+from app.customers.service import customer_key
 from app.events.claims import LocalClaims, RedisClaims
 from app.events.numbers import DenseNumbers, Numbering
+from app.events.queries import stored_numbers
 
 CUSTOMER_NUMBERING = Numbering("customer_numbers", "customer_key", "#customer-numbers")
 
@@ -19,6 +21,17 @@ CUSTOMER_NUMBERING = Numbering("customer_numbers", "customer_key", "#customer-nu
 class CustomerNumbers(DenseNumbers):
     def __init__(self, client: AsyncClient, claims: LocalClaims | RedisClaims) -> None:
         super().__init__(client, claims, CUSTOMER_NUMBERING)
+
+    async def join(self, workspace_id: UUID, customer_id: UUID, external_id: str) -> None:
+        """A customer just given an external id: events named it by id ('c:<id>') and by that external id
+        before; when both were numbered apart, the id's number becomes an alias of the external id's (schema/0019),
+        under which its events are numbered from now on. Under the numbering's claim, so that no round numbers
+        either key meanwhile."""
+        by_id, by_external = customer_key(customer_id, None), customer_key(None, external_id)
+        async with self.claims.claim(workspace_id, [self.numbering.claim]):
+            found = await stored_numbers(self.client, self.numbering, workspace_id, [by_id, by_external])
+            if len(found) == 2 and found[by_id] != found[by_external]:
+                await queries.insert_number_alias(self.client, workspace_id, found[by_id], found[by_external])
 
     async def _allot(self, workspace_id: UUID, keys: list[str]) -> dict[str, int]:
         """A customer given an external id after events named it by id keeps the number of those events

@@ -68,6 +68,30 @@ async def insert_customer_version(
     )
 
 
+def number_aliases(workspace: str) -> str:
+    """(aliases, their canonical numbers) of a workspace's customer numbers (schema/0019), as the two constant
+    arrays transform() and bitmapTransform() take; `workspace` is the SQL of the bound workspace id."""
+    return (f"(SELECT (groupArray(number), groupArray(canonical)) FROM customer_number_aliases FINAL "
+            f"WHERE workspace_id = {workspace})")
+
+
+def distinct_customers_of_numbers(workspace: str) -> str:
+    """The exact count of distinct customers among events' customer_number, one customer's aliases as one."""
+    aliases = number_aliases(workspace)
+    return f"uniqExact(transform(customer_number, {aliases}.1, {aliases}.2, customer_number))"
+
+
+def distinct_customers_of_bitmaps(workspace: str) -> str:
+    """The same over rollup rows' bitmaps of customer numbers (`customers`), merged."""
+    aliases = number_aliases(workspace)
+    return f"bitmapCardinality(bitmapTransform(groupBitmapMergeState(customers), {aliases}.1, {aliases}.2))"
+
+
+async def insert_number_alias(client: AsyncClient, workspace_id: UUID, number: int, canonical: int) -> None:
+    await client.insert("customer_number_aliases", [[workspace_id, number, canonical]],
+                        column_names=["workspace_id", "number", "canonical"])
+
+
 async def numbers_by_customer_id(client: AsyncClient, workspace_id: UUID, external_ids: list[str]) -> dict[str, int]:
     """For the live customers with these external ids whose events, sent by id before they had one, are
     numbered: 'x:<external id>' -> that number."""

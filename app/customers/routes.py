@@ -52,6 +52,8 @@ class CustomerController(Controller):
             raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
         updated = msgspec.structs.replace(customer, **changes)
         await _save(client, workspace.workspace_id, updated)
+        if customer.external_id is None and updated.external_id is not None:
+            await events.numbers.join(workspace.workspace_id, customer.id, updated.external_id)
         await events.record_customer_event(workspace.workspace_id, "customer.updated", updated)
         return updated
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from app.customers.queries import distinct_customers_of_bitmaps, distinct_customers_of_numbers
 from app.metrics.catalog import Aggregate, ActiveSessions, Cost, Count, Converted, DistinctCustomers, Sum, Where
 from app.statistics.queries import COST_FIELD, coverage_sql, split_parameters
 
@@ -104,7 +105,7 @@ def aggregate_sql(aggregate: Aggregate, scope: Scope, params: Params, share_sets
             name = params.bind("n", event, "String")
             return f"sumIf(num[{leaf}], name = {name}{_condition(where, params)})"
         case DistinctCustomers():
-            return "uniqExact(customer_number)"
+            return distinct_customers_of_numbers(params.bind("ws", scope.workspace_id, "UUID"))
         case Cost():
             return "sum(cost_amount)"
         case Converted(event, payment, where) if share_sets:
@@ -190,14 +191,14 @@ async def converted_from_sets(
     return {row[0]: (row[1], row[2]) for row in result.result_rows}
 
 
-def rollup_column(aggregate: Aggregate, params: Params) -> str:
+def rollup_column(aggregate: Aggregate, params: Params, workspace_id: UUID) -> str:
     """One aggregate over the rollup rows of a period, as a ClickHouse expression (see rollup_table)."""
     match aggregate:
         case Count(event, None):
             return f"sumIf(occurrences, name = {params.bind('n', event, 'String')})"
         case DistinctCustomers():
             # Bitmaps of customer numbers merge into the exact count of the union.
-            return "groupBitmapMerge(customers)"
+            return distinct_customers_of_bitmaps(params.bind("ws", workspace_id, "UUID"))
         case Count(event, where) if where is not None:
             field = params.bind("path", where.path, "String")
             return f"sumIf(value_count, field = {field} AND name = {params.bind('n', event, 'String')}{_sign_condition(where)})"
@@ -228,7 +229,7 @@ async def rollup_aggregates(
     of a plan (app/statistics/service.plan): each bucket lies wholly inside one period, the one whose start is
     the last at or before the bucket's."""
     params = Params()
-    columns = ", ".join(rollup_column(aggregate, params) for aggregate in aggregates)
+    columns = ", ".join(rollup_column(aggregate, params, workspace_id) for aggregate in aggregates)
     where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')}{_rollup_filter(table, aggregates, params)}"
     parts = _grains_union(table, ROLLUP_COLUMNS[table], where, grains)
     sql = (

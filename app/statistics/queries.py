@@ -9,6 +9,8 @@ from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from app.customers.queries import distinct_customers_of_bitmaps, distinct_customers_of_numbers
+
 # Must equal the quantile states of schema/0003_rollups.sql.
 GK_ACCURACY = 200
 QUANTILE_LEVELS = (0.1, 0.9, 0.99)
@@ -99,7 +101,7 @@ def event_counts_sql(grains: Sequence[str], by_period: bool, selection: Selectio
         for grain in grains
     ]
     return (
-        "SELECT name, key, sum(occurrences), groupBitmapMerge(customers) FROM ("
+        f"SELECT name, key, sum(occurrences), {distinct_customers_of_bitmaps('{ws:UUID}')} FROM ("
         + " UNION ALL ".join(parts)
         + ")" + _group_by("name", with_totals)
     )
@@ -136,7 +138,8 @@ def _raw_filter(selection: Selection) -> str:
 
 def raw_event_counts_sql(by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     return (
-        f"SELECT name, {period_sql(by_period, 'timestamp')} AS key, count(), uniqExact(customer_number) "
+        f"SELECT name, {period_sql(by_period, 'timestamp')} AS key, count(), "
+        f"{distinct_customers_of_numbers('{ws:UUID}')} "
         f"FROM events WHERE {_raw_filter(selection)}" + _group_by("name", with_totals)
     )
 

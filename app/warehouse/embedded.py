@@ -40,6 +40,11 @@ USERS_FOLDER = "users.d"
 USERS_CHANGED = 75
 # The folder's files as the running server listed them before it read them.
 USERS_READ = "users.read.json"
+# A server alive but not answering (its listeners stopped, which its password-less `default` user may do; or
+# hung) is killed and started again once it has not answered for this long: long enough for any load it
+# carries to let a `SELECT 1` through.
+PROBE_SECONDS = 2.0
+SILENT_RESTART_SECONDS = 20.0
 
 
 def users_folder(data_dir: Path) -> Path:
@@ -169,17 +174,29 @@ class EmbeddedServer:
         return self._process is not None and self._process.poll() is None
 
     def _watch(self) -> None:
+        next_probe, silent_since = time.monotonic(), None
         while not self._stopping.wait(0.5):
-            if self._process is not None and self._process.poll() is not None:
-                if self._process.returncode == USERS_CHANGED:
+            process = self._process
+            if process is not None and process.poll() is not None:
+                if process.returncode == USERS_CHANGED:
                     log.info("embedded ClickHouse restarting to read its users")
                 else:
-                    log.error("embedded ClickHouse exited with %s; restarting", self._process.returncode)
+                    log.error("embedded ClickHouse exited with %s; restarting", process.returncode)
                 try:
                     self._wait_for_ports_released()
                     self._launch(timeout=60.0)
                 except EmbeddedServerError:
                     log.exception("embedded ClickHouse did not restart; retrying")
+                next_probe, silent_since = time.monotonic() + PROBE_SECONDS, None
+            elif process is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + PROBE_SECONDS
+                if self._answers():
+                    silent_since = None
+                elif silent_since is None:
+                    silent_since = time.monotonic()
+                elif time.monotonic() - silent_since >= SILENT_RESTART_SECONDS:
+                    log.error("embedded ClickHouse has not answered for %.0f s; restarting it", SILENT_RESTART_SECONDS)
+                    process.kill()  # the next look starts it again
 
     def _wait_for_ports_released(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
