@@ -68,23 +68,33 @@ async def insert_customer_version(
     )
 
 
-def number_aliases(workspace: str) -> str:
-    """(aliases, their canonical numbers) of a workspace's customer numbers (schema/0019), as the two constant
-    arrays transform() and bitmapTransform() take; `workspace` is the SQL of the bound workspace id."""
+def _aliases(workspace: str) -> str:
+    """(aliases, their canonical numbers) of a workspace's customer numbers (schema/0019), as two constant arrays;
+    `workspace` is the SQL of the bound workspace id."""
     return (f"(SELECT (groupArray(number), groupArray(canonical)) FROM customer_number_aliases FINAL "
             f"WHERE workspace_id = {workspace})")
 
 
+def _aliases_by_canonical(workspace: str) -> str:
+    """(canonical numbers, the aliases of each) of a workspace, as two constant arrays."""
+    return (f"(SELECT (groupArray(canonical), groupArray(numbers)) FROM (SELECT canonical, groupArray(number) AS "
+            f"numbers FROM customer_number_aliases FINAL WHERE workspace_id = {workspace} GROUP BY canonical))")
+
+
 def distinct_customers_of_numbers(workspace: str) -> str:
     """The exact count of distinct customers among events' customer_number, one customer's aliases as one."""
-    aliases = number_aliases(workspace)
+    aliases = _aliases(workspace)
     return f"uniqExact(transform(customer_number, {aliases}.1, {aliases}.2, customer_number))"
 
 
 def distinct_customers_of_bitmaps(workspace: str) -> str:
-    """The same over rollup rows' bitmaps of customer numbers (`customers`), merged."""
-    aliases = number_aliases(workspace)
-    return f"bitmapCardinality(bitmapTransform(groupBitmapMergeState(customers), {aliases}.1, {aliases}.2))"
+    """The same over rollup rows' bitmaps of customer numbers (`customers`), merged: the union's size, less,
+    for each canonical number, all but one of it and its aliases where any is present. (bitmapTransform would
+    say it shorter, but copies every bitmap, aliases or none: 6 ms more for 600 of them.)"""
+    aliases = _aliases_by_canonical(workspace)
+    return ("bitmapCardinality(groupBitmapMergeState(customers) AS merged) - arraySum(arrayMap((canonical, numbers) "
+            "-> greatest(0, arrayCount(n -> bitmapContains(merged, n), numbers) + bitmapContains(merged, canonical) "
+            f"- 1), {aliases}.1, {aliases}.2))")
 
 
 async def insert_number_alias(client: AsyncClient, workspace_id: UUID, number: int, canonical: int) -> None:
