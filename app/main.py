@@ -37,6 +37,7 @@ from app.warehouse.embedded import EmbeddedServer
 from app.warehouse.migrations import migrate
 
 log = logging.getLogger("app")
+REDIS_TIMEOUT_SECONDS = 2.0
 
 ROUTES = [health, WorkspaceController, UserController, EventController, EventTypeController, CustomerController, StreamController,
           UsageController, UsageRecordController, UsageMetricController, CustomerUsageMetricController,
@@ -83,10 +84,11 @@ async def ingest_lifespan(app: Litestar) -> AsyncIterator[None]:
     if broker.kind == "absent":
         log.info("no REDIS_URL: live streams use an in-process broker (one API process only)")
     await broker.start()
-    # A blocking pool: past its size a claim waits for a connection instead of failing over to in-process
-    # claims, which would leave concurrent duplicates across processes unguarded.
-    redis = (Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10))
-             if settings.redis_url else None)
+    # A blocking pool: past its size a claim waits for a connection. A Redis that does not answer within
+    # REDIS_TIMEOUT_SECONDS fails the claim, a 503, rather than holding ingestion for as long as it hangs.
+    redis = (Redis(connection_pool=BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=64, timeout=10, socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS)) if settings.redis_url else None)
     events = EventStore(app.state.clickhouse, RedisClaims(redis) if redis else LocalClaims(),
                         RedisWrites(redis) if redis else LocalWrites(), broker)
     await events.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -80,6 +81,15 @@ class RedisProcess:
     def stop(self) -> None:
         """Terminate (graceful, like a normal shutdown) and wait."""
         self._halt(kill=False)
+
+    def pause(self) -> None:
+        """Hung, not gone: connections stay open and nothing answers."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL, like a crash: clients see their connections drop."""

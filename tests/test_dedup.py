@@ -9,16 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
 from app.config import Settings
 from app.events import service
-from app.main import create_app
+from app.main import REDIS_TIMEOUT_SECONDS, create_app
 from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
 from tests.api_process import ApiProcess
 from tests.conftest import OPERATOR_TOKEN, Tenant, create_tenant, free_port
+from tests.redis_server import start_redis
 
 
 def batch(keys: list[str]) -> dict:
@@ -219,6 +221,29 @@ def test_no_store_is_a_503_with_retry_after_and_nothing_stored(tmp_path: Path, m
             assert up.json() == {"inserted": 1, "duplicates": 0}
     finally:
         server.stop()
+
+
+def test_a_hung_redis_is_a_503_within_seconds_and_nothing_stored(settings: Settings, clickhouse_url: str,
+                                                                 tenant: Tenant) -> None:
+    redis = start_redis()
+    try:
+        with TestClient(create_app(msgspec.structs.replace(settings, redis_url=redis.url)),
+                        raise_server_exceptions=False) as api:
+            redis.pause()
+            # Resumed by a timer, so a request that waits on Redis fails the test rather than hanging it.
+            resumer = threading.Timer(3 * REDIS_TIMEOUT_SECONDS + 1, redis.resume)
+            resumer.start()
+            started = time.monotonic()
+            hung = api.post("/api/events/ingest", json=batch(["h1", "h2"]), headers=tenant.headers)
+            waited = time.monotonic() - started
+            resumer.join()
+            assert hung.status_code == 503 and hung.headers["retry-after"], hung.text
+            assert waited < 3 * REDIS_TIMEOUT_SECONDS
+            assert stored_counts(clickhouse_url, tenant.id) == {}
+            answered = api.post("/api/events/ingest", json=batch(["h1", "h2"]), headers=tenant.headers)
+            assert answered.json() == {"inserted": 2, "duplicates": 0}
+    finally:
+        redis.cleanup()
 
 
 def test_killing_an_api_process_mid_load_loses_no_acknowledged_event(
