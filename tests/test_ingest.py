@@ -72,8 +72,8 @@ INVALID_EVENTS = [
     (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1}}), "metadata._llm.total_tokens"),
     (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1.5, "output_tokens": 1, "total_tokens": 2}}),
      "metadata._llm.input_tokens"),
-    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1, "total_tokens": 2**53}}),
-     "metadata._llm.total_tokens"),
+    (event(metadata={"_llm": {"vendor": "v", "model": "m", "input_tokens": 1, "output_tokens": 1,
+                              "total_tokens": 2**53}}), "metadata._llm.total_tokens"),
     (event(metadata={"n": 10**400}), "metadata.n"),
     (event(metadata={"a": {"n": -10**400}}), "metadata.a.n"),
 ]
@@ -186,7 +186,8 @@ def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
 def test_numbers_past_a_double_are_a_422(api: TestClient, tenant: Tenant) -> None:
     body = (b'{"events": [{"name": "a", "external_customer_id": "c", "metadata": {"fine": 1e308, "n": 1e400, '
             b'"nested": {"m": -1e400}}}]}')
-    response = api.post("/api/events/ingest", content=body, headers={**tenant.headers, "Content-Type": "application/json"})
+    response = api.post("/api/events/ingest", content=body,
+                        headers={**tenant.headers, "Content-Type": "application/json"})
     assert errors_of(response) == [(0, "metadata.n"), (0, "metadata.nested.m")]
 
 
@@ -282,8 +283,8 @@ def test_a_tree_deeper_than_depth_holds_is_a_422(api: TestClient, tenant: Tenant
     async def store_deepest() -> None:
         client = await connect(clickhouse_url)
         try:
-            await client.insert("event_keys_kv", [[uuid.UUID(tenant.id), "x:deepest", uuid.uuid4(), uuid.uuid4(), 65_535]],
-                                column_names=["workspace_id", "key", "id", "root_id", "depth"])
+            row = [uuid.UUID(tenant.id), "x:deepest", uuid.uuid4(), uuid.uuid4(), 65_535]
+            await client.insert("event_keys_kv", [row], column_names=["workspace_id", "key", "id", "root_id", "depth"])
         finally:
             await client.close()
 

@@ -306,9 +306,11 @@ def test_a_customer_named_by_id_and_by_an_external_id_it_is_given_later_is_one(a
     # Events by its id and by an external id no customer had, numbered apart; then the customer is given that
     # external id (CONTRACT.md section 2: from then on one customer in every metric) and sends more by id.
     customer = api.post("/api/customers", json={"name": "Joined later"}, headers=tenant.headers).json()
-    ingest(api, tenant, [{"name": "joined", "customer_id": customer["id"], "timestamp": "2026-10-07T10:00:00Z"},
-                         {"name": "joined", "external_customer_id": "late-x", "timestamp": "2026-10-07T11:00:00Z"},
-                         {"name": "joined", "external_customer_id": "someone-else", "timestamp": "2026-10-07T11:30:00Z"}])
+    ingest(api, tenant, [
+        {"name": "joined", "customer_id": customer["id"], "timestamp": "2026-10-07T10:00:00Z"},
+        {"name": "joined", "external_customer_id": "late-x", "timestamp": "2026-10-07T11:00:00Z"},
+        {"name": "joined", "external_customer_id": "someone-else", "timestamp": "2026-10-07T11:30:00Z"},
+    ])
     patched = api.patch(f"/api/customers/{customer['id']}", json={"external_id": "late-x"}, headers=tenant.headers)
     assert patched.status_code == 200, patched.text
     ingest(api, tenant, [{"name": "joined", "customer_id": customer["id"], "timestamp": "2026-10-07T12:00:00Z"}])

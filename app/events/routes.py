@@ -37,7 +37,8 @@ class EventController(Controller):
         name: list[str] | None = None, customer_id: UUID | None = None, external_customer_id: str | None = None,
         source: Literal["user", "system"] | None = None, start_timestamp: datetime | None = None,
         end_timestamp: datetime | None = None, parent_id: str | None = None,
-        depth: Annotated[int | None, Parameter(ge=0, le=service.MAX_DEPTH)] = None, order: Literal["asc", "desc"] = "desc",
+        depth: Annotated[int | None, Parameter(ge=0, le=service.MAX_DEPTH)] = None,
+        order: Literal["asc", "desc"] = "desc",
         take: Take = 20, cursor: str | None = None,
     ) -> EventPage:
         customers = await _customer_keys(client, workspace.workspace_id, customer_id, external_customer_id)

@@ -374,10 +374,13 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
             if following is None:
                 errors.append(IngestError(current.index, "parent_id",
                                           "no event of this workspace has this id or external_id"))
+                current = None
             elif following.index in on_chain:
-                cycle = chain[[member.index for member in chain].index(following.index):]
+                cycle = chain[next(at for at, member in enumerate(chain) if member is following):]
                 errors.extend(IngestError(member.index, "parent_id", "parents form a cycle") for member in cycle)
-            current = following if following is not None and following.index not in on_chain else None
+                current = None
+            else:
+                current = following
         if current is None:
             failed.update(on_chain)
             continue
