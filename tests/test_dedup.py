@@ -190,7 +190,9 @@ def test_an_insert_cut_off_midway_is_completed_by_its_retry_and_stored_once(
         alter(clickhouse_url, "DROP VIEW IF EXISTS refuse_for_test")
         alter(clickhouse_url, "DROP TABLE refused_for_test")
     assert response.json() == {"inserted": 3, "duplicates": 0}
-    assert seen_while_refused == [3]  # the first attempt had stored the events, not all of their views
+    # Seen in every run so far: the first attempt had stored the events and not all of their views. ClickHouse
+    # does not promise that order, so the test holds either way; the counts below are what it is about.
+    assert seen_while_refused in ([3], [0])
     assert stored_counts(clickhouse_url, tenant.id) == {f"cut-{i}": 1 for i in range(3)}
     workspace = {"w": tenant.id}
     for table, count in [("events_by_time", "count()"), ("events_by_customer", "count()"),

@@ -189,6 +189,11 @@ def test_numbers_past_a_double_are_a_422(api: TestClient, tenant: Tenant) -> Non
     response = api.post("/api/events/ingest", content=body,
                         headers={**tenant.headers, "Content-Type": "application/json"})
     assert errors_of(response) == [(0, "metadata.n"), (0, "metadata.nested.m")]
+    # Past the 4,300 digits Python reads in an integer: the decoder cannot hold it at all.
+    line = b'{"name": "a", "external_customer_id": "c", "metadata": {"v": ' + b"9" * 5000 + b"}}"
+    for body, media_type in [(b'{"events": [' + line + b"]}", "application/json"), (line, "application/x-ndjson")]:
+        response = api.post("/api/events/ingest", content=body, headers={**tenant.headers, "Content-Type": media_type})
+        assert errors_of(response) == [(0, "metadata")], media_type
 
 
 @pytest.mark.parametrize(("body", "headers", "status"), [

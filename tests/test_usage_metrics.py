@@ -381,6 +381,20 @@ def test_customer_list_pages_stay_consistent_while_events_arrive(api: TestClient
     assert [(item["id"], item["usage_metric"]["value"]) for item in fresh] == approx(expected)
 
 
+def test_customer_list_pages_past_a_sum_beyond_a_float(api: TestClient, tenant: Tenant) -> None:
+    # Two values of 1e308 add up to infinity, which JSON holds as null: the cursor keeps it by name.
+    metric = api.post("/api/usage-metrics", json={"name": "huge", "interval_days": 30, "calculation": "sum",
+                                                  "property": "v", "match_events": [{"name": "huge"}]},
+                      headers=tenant.headers).json()
+    now = datetime.now(UTC)
+    customers = [create_customer(api, tenant, external_id=f"huge-{i}") for i in range(3)]
+    ingest(api, tenant, [event("huge", now - timedelta(hours=1), {"v": value}) | {"external_customer_id": external}
+                         for external, value in [("huge-0", 1e308), ("huge-0", 1e308), ("huge-1", 5.0)]])
+    for sort in ("-usage_metric", "usage_metric"):
+        items = list_pages(api, tenant, {"usage_metric": metric["id"], "sort": sort}, take=1)
+        assert sorted(item["id"] for item in items) == sorted(customer["id"] for customer in customers)
+
+
 SLOW_EVENT = "test.slow_write"
 
 

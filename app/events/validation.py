@@ -122,7 +122,7 @@ def split_events(body: bytes, content_type: str) -> list[msgspec.Raw]:
         elif media_type in {"application/x-ndjson", "application/ndjson", "application/jsonl"}:
             events = [msgspec.Raw(line) for line in body.splitlines() if line.strip()]
             for raw in events:  # malformed JSON is a 400 wherever it is
-                msgspec.json.decode(raw)
+                _check_well_formed(raw)
         else:
             raise HTTPException(status_code=415, detail="Send application/json or application/x-ndjson")
     except msgspec.ValidationError as error:
@@ -133,6 +133,15 @@ def split_events(body: bytes, content_type: str) -> list[msgspec.Raw]:
     if len(events) > MAX_EVENTS:
         raise PayloadTooLarge(detail=f"A batch holds at most {MAX_EVENTS} events")
     return events
+
+
+def _check_well_formed(raw: msgspec.Raw) -> None:
+    """A DecodeError for malformed JSON; JSON that is well formed but holds a value Python cannot (an integer
+    of more digits than it reads) passes, for validate_events to say which field."""
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.ValidationError:
+        pass
 
 
 def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[ValidEvent]:
@@ -149,7 +158,11 @@ def validate_events(raws: list[msgspec.Raw], received_at: datetime) -> list[Vali
         except msgspec.DecodeError as error:
             raise ClientException(detail=f"Malformed JSON in event {index}: {error}") from error
         metadata_json = bytes(event.metadata)
-        metadata, reserved = _decode_metadata(metadata_json)
+        try:
+            metadata, reserved = _decode_metadata(metadata_json)
+        except msgspec.ValidationError as error:  # an integer of more digits than Python reads (4,300)
+            errors.append(IngestError(index, "metadata", without_location(str(error))))
+            continue
         if metadata is None:
             metadata, metadata_json = {}, b"{}"
         checked = ValidEvent(index, event, metadata_json, None, None, {}, {}, {})

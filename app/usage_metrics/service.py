@@ -5,6 +5,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
+from typing import Literal
 from uuid import UUID, uuid4
 
 import msgspec
@@ -208,7 +209,8 @@ class UsageCursor(msgspec.Struct, array_like=True):
     metric_id: UUID
     sort: str | None
     as_of: datetime
-    value: float
+    # A sum past a float's range is infinite, which JSON cannot hold as a number: it is kept as its name.
+    value: float | Literal["inf", "-inf", "nan"]
     created_at: datetime
     id: UUID
 
@@ -228,7 +230,7 @@ async def customer_usage_page(
     if position is not None and (position.metric_id, position.sort) != (metric_id, sort):
         raise invalid("cursor", "belongs to a listing with another usage_metric or sort")
     as_of = position.as_of if position else settled
-    after = (position.value, position.created_at, position.id) if position else None
+    after = (float(position.value), position.created_at, position.id) if position else None
     sql = compile_metric(metric, "m_")
     rows = await queries.customers_with_value(
         client, workspace_id, sql, as_of - metric.interval_days * DAY, as_of, sort, after, take + 1,
@@ -244,7 +246,8 @@ async def customer_usage_page(
     next_cursor = None
     if len(rows) > take:
         last = rows[take - 1]
-        next_cursor = encode_cursor(UsageCursor(metric_id, sort, as_of, last[8], last[5], last[0]))
+        value = last[8] if math.isfinite(last[8]) else repr(last[8])
+        next_cursor = encode_cursor(UsageCursor(metric_id, sort, as_of, value, last[5], last[0]))
     return CustomerUsagePage(items, next_cursor)
 
 
