@@ -210,6 +210,13 @@ def test_a_cursor_holding_an_instant_no_listing_has_is_422(api: TestClient, tena
     assert response.status_code == 422 and response.json()["extra"][0]["field"] == "cursor", response.text
 
 
+@pytest.mark.parametrize("path", ["/api/events", "/api/usage/records", "/api/customers"])
+def test_an_empty_cursor_is_the_first_page(api: TestClient, populated, path: str) -> None:
+    tenant, _ = populated
+    first = api.get(path, params={"take": 3}, headers=tenant.headers).json()
+    assert api.get(path, params={"take": 3, "cursor": ""}, headers=tenant.headers).json()["items"] == first["items"]
+
+
 def test_unknown_parameters_are_ignored(api: TestClient, tenant: Tenant) -> None:
     assert api.get("/api/events", params={"colour": "blue"}, headers=tenant.headers).status_code == 200
 

@@ -181,6 +181,14 @@ def test_ndjson_and_gzip(api: TestClient, tenant: Tenant) -> None:
     appended = api.post("/api/events/ingest", content=members,
                         headers={**tenant.headers, "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"})
     assert appended.json() == {"inserted": 3, "duplicates": 0}
+    # Zero bytes after the last member are padding, as gzip reads them; an empty body is empty either way.
+    padded = gzip.compress(json.dumps(event(external_id="padded")).encode()) + b"\0" * 8
+    assert api.post("/api/events/ingest", content=padded, headers={
+        **tenant.headers, "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}).json()["inserted"] == 1
+    for media_type in ("application/json", "application/x-ndjson"):
+        plain, zipped = (api.post("/api/events/ingest", content=b"", headers={
+            **tenant.headers, "Content-Type": media_type, **encoding}) for encoding in ({}, {"Content-Encoding": "gzip"}))
+        assert (zipped.status_code, zipped.json()) == (plain.status_code, plain.json()), media_type
 
 
 def test_numbers_past_a_double_are_a_422(api: TestClient, tenant: Tenant) -> None:

@@ -462,7 +462,7 @@ class Cursor(msgspec.Struct, array_like=True):
 def continued_position(cursor: str | None, listing: str) -> Cursor | None:
     """The position a listing's cursor holds; a 422 for a cursor of another listing (other filters, another
     order, the other route), which would page through the wrong events."""
-    if cursor is None:
+    if not cursor:  # `cursor=` is the first page, as on the customer list
         return None
     position = decode_cursor(cursor, Cursor)
     if position.listing and position.listing != listing:

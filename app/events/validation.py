@@ -19,6 +19,7 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 # Enough for a member per event; each member costs a decompressor.
 MAX_GZIP_MEMBERS = 10_000
 GZIP_CHUNK_BYTES = 64 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_FUTURE = timedelta(minutes=5)
 # The rollups' buckets are DateTime (from 1970): an earlier event would count in 1970's first bucket.
 EARLIEST_TIMESTAMP = EPOCH
@@ -91,10 +92,15 @@ def read_body(body: bytes, content_encoding: str | None) -> bytes:
 
 def _gunzip(body: bytes) -> bytes:
     """Every member of a gzip body, one after another as RFC 1952 allows (what `gzip` writes when appending):
-    a body of several is all of them, not the first. Fed in chunks, since each member's decompressor copies
-    all the input left after it."""
+    a body of several is all of them, not the first; zero bytes after the last are padding, as `gzip` reads
+    them. Fed in chunks, since each member's decompressor copies all the input left after it. An empty body
+    is empty, as it is sent without gzip."""
     data, view, start = bytearray(), memoryview(body), 0
     for _ in range(MAX_GZIP_MEMBERS):
+        if start == len(body) or body[start] == 0 and body.count(0, start) == len(body) - start:
+            return bytes(data)
+        if body[start:start + 2] != GZIP_MAGIC:
+            raise ClientException(detail="The gzip body has data after its last member")
         inflater, at = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), start
         while not inflater.eof and at < len(body):
             chunk = view[at:at + GZIP_CHUNK_BYTES]
@@ -108,8 +114,6 @@ def _gunzip(body: bytes) -> bytes:
         if not inflater.eof:
             raise ClientException(detail="The gzip body is truncated")
         start = at - len(inflater.unused_data)
-        if start == len(body):
-            return bytes(data)
     raise ClientException(detail=f"A gzip body holds at most {MAX_GZIP_MEMBERS} members")
 
 
