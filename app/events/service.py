@@ -389,7 +389,7 @@ def _place_in_trees(fresh: list[ValidEvent], known: dict[str, tuple]) -> dict[in
             spot = Placed(own, own, 0, None) if above is None else Placed(own, above[1], above[2] + 1, above[0])
             if spot.depth > MAX_DEPTH:
                 errors.append(IngestError(member.index, "parent_id", f"trees are at most {MAX_DEPTH} deep"))
-                failed.update(other.index for other in chain)
+                failed.update(on_chain)
                 break
             placed[member.index] = spot
             above = (spot.id, spot.root_id, spot.depth)

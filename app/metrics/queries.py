@@ -191,14 +191,15 @@ async def converted_from_sets(
     return {row[0]: (row[1], row[2]) for row in result.result_rows}
 
 
-def rollup_column(aggregate: Aggregate, params: Params, workspace_id: UUID) -> str:
-    """One aggregate over the rollup rows of a period, as a ClickHouse expression (see rollup_table)."""
+def rollup_column(aggregate: Aggregate, params: Params, workspace: str) -> str:
+    """One aggregate over the rollup rows of a period, as a ClickHouse expression (see rollup_table); `workspace`
+    is the SQL of the bound workspace id."""
     match aggregate:
         case Count(event, None):
             return f"sumIf(occurrences, name = {params.bind('n', event, 'String')})"
         case DistinctCustomers():
             # Bitmaps of customer numbers merge into the exact count of the union.
-            return distinct_customers_of_bitmaps(params.bind("ws", workspace_id, "UUID"))
+            return distinct_customers_of_bitmaps(workspace)
         case Count(event, where) if where is not None:
             field = params.bind("path", where.path, "String")
             return f"sumIf(value_count, field = {field} AND name = {params.bind('n', event, 'String')}{_sign_condition(where)})"
@@ -229,8 +230,9 @@ async def rollup_aggregates(
     of a plan (app/statistics/service.plan): each bucket lies wholly inside one period, the one whose start is
     the last at or before the bucket's."""
     params = Params()
-    columns = ", ".join(rollup_column(aggregate, params, workspace_id) for aggregate in aggregates)
-    where = f"workspace_id = {params.bind('ws', workspace_id, 'UUID')}{_rollup_filter(table, aggregates, params)}"
+    workspace = params.bind("ws", workspace_id, "UUID")
+    columns = ", ".join(rollup_column(aggregate, params, workspace) for aggregate in aggregates)
+    where = f"workspace_id = {workspace}{_rollup_filter(table, aggregates, params)}"
     parts = _grains_union(table, ROLLUP_COLUMNS[table], where, grains)
     sql = (
         f"SELECT {_period_of_bucket(starts, params)} AS period, {columns} "
