@@ -5,6 +5,7 @@ import asyncio
 import random
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,6 +130,38 @@ def test_shares_first_named_at_once_in_two_processes_get_one_number_each(
     stored = run_sql(clickhouse_url, "SELECT DISTINCT share_id, share_number FROM events WHERE workspace_id = {w:UUID}",
                      {"w": tenant.id})
     assert sorted(stored) == sorted(numbers)
+
+
+def at_once(processes: list[ApiProcess], count: int, send) -> list[int]:
+    """`send(url, i)` from `count` threads, in turn to each process: the status codes, sorted."""
+    with ThreadPoolExecutor(count) as pool:
+        return sorted(pool.map(lambda i: send(processes[i % len(processes)].url, i).status_code, range(count)))
+
+
+def test_one_external_id_given_at_once_in_two_processes_is_one_customer(
+    api: TestClient, two_processes: list[ApiProcess], clickhouse_url: str
+) -> None:
+    tenant = create_tenant(api)
+    created = at_once(two_processes, 8, lambda url, i: httpx.post(
+        f"{url}/api/customers", json={"external_id": "posted-at-once", "name": f"n{i}"}, headers=tenant.headers,
+        timeout=60))
+    assert created == [201] + [409] * 7
+    others = [api.post("/api/customers", json={"name": f"m{i}"}, headers=tenant.headers).json()["id"] for i in range(8)]
+    patched = at_once(two_processes, 8, lambda url, i: httpx.patch(
+        f"{url}/api/customers/{others[i]}", json={"external_id": "patched-at-once"}, headers=tenant.headers,
+        timeout=60))
+    assert patched == [200] + [409] * 7
+    rows = run_sql(clickhouse_url, "SELECT external_id, count() FROM customers FINAL WHERE workspace_id = {w:UUID} "
+                   "AND NOT deleted AND external_id IS NOT NULL GROUP BY external_id", {"w": tenant.id})
+    assert sorted(rows) == [("patched-at-once", 1), ("posted-at-once", 1)]
+
+
+def test_one_email_given_at_once_in_two_processes_is_one_user(two_processes: list[ApiProcess]) -> None:
+    email = f"{uuid.uuid4().hex}@race.test"
+    created = at_once(two_processes, 8, lambda url, i: httpx.post(
+        f"{url}/api/users", json={"email": email if i % 2 else email.upper()},
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}, timeout=60))
+    assert created == [201] + [409] * 7
 
 
 @pytest.mark.parametrize("table", ["customer_numbers", "share_numbers"])

@@ -17,6 +17,7 @@ from app.auth.schemas import (
     WorkspaceTokenCreate,
 )
 from app.auth.service import Principal
+from app.events.service import EventStore
 
 
 class WorkspaceController(Controller):
@@ -62,11 +63,15 @@ class UserController(Controller):
     tags = ["auth"]
 
     @post("/")
-    async def create_user(self, client: AsyncClient, principal: Principal, data: UserCreate) -> User:
+    async def create_user(
+        self, client: AsyncClient, principal: Principal, events: EventStore, data: UserCreate
+    ) -> User:
         service.require_operator(principal)
-        if await queries.email_taken(client, data.email):
-            raise ClientException(status_code=HTTP_409_CONFLICT, detail="A user with this email exists")
-        return User(*await service.create_user(client, data.email, data.name))
+        # Users belong to no workspace: their claims live under the nil one. Emails compare without case.
+        async with events.claims.claim(UUID(int=0), [f"user-email:{data.email.lower()}"]):
+            if await queries.email_taken(client, data.email):
+                raise ClientException(status_code=HTTP_409_CONFLICT, detail="A user with this email exists")
+            return User(*await service.create_user(client, data.email, data.name))
 
     @post("/{user_id:uuid}/tokens")
     async def create_user_token(self, client: AsyncClient, principal: Principal, user_id: UUID) -> TokenCreated:

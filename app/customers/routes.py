@@ -1,3 +1,4 @@
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID, uuid4
@@ -28,12 +29,12 @@ class CustomerController(Controller):
         self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, data: CustomerCreate
     ) -> Customer:
         workspace.require("member")
-        if data.external_id is not None and await queries.external_id_taken(client, workspace.workspace_id, data.external_id, None):
-            raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
-        # A write like an event's: usage listings under way never see the customer appear between their pages.
-        async with events.writes.writing([workspace.workspace_id]) as created_at:
-            customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata, created_at)
-            await _save(client, workspace.workspace_id, customer)
+        async with _external_id_claim(events, workspace.workspace_id, data.external_id):
+            await _check_external_id_free(client, workspace.workspace_id, data.external_id, None)
+            # A write like an event's: usage listings under way never see the customer appear between their pages.
+            async with events.writes.writing([workspace.workspace_id]) as created_at:
+                customer = Customer(uuid4(), data.external_id, data.email, data.name, data.metadata, created_at)
+                await _save(client, workspace.workspace_id, customer)
         await events.record_customer_event(workspace.workspace_id, "customer.created", customer)
         return customer
 
@@ -48,10 +49,11 @@ class CustomerController(Controller):
         if customer.external_id is not None and new_external != customer.external_id:
             # Events are counted under the external id once a customer has one; changing it would split them.
             raise invalid("external_id", "cannot change once set")
-        if new_external is not None and await queries.external_id_taken(client, workspace.workspace_id, new_external, customer.id):
-            raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
         updated = msgspec.structs.replace(customer, **changes)
-        await _save(client, workspace.workspace_id, updated)
+        given = new_external if customer.external_id is None else None
+        async with _external_id_claim(events, workspace.workspace_id, given):
+            await _check_external_id_free(client, workspace.workspace_id, given, customer.id)
+            await _save(client, workspace.workspace_id, updated)
         if customer.external_id is None and updated.external_id is not None:
             await events.numbers.join(workspace.workspace_id, customer.id, updated.external_id)
         await events.record_customer_event(workspace.workspace_id, "customer.updated", updated)
@@ -92,6 +94,18 @@ async def _customer(client: AsyncClient, workspace_id: UUID, reference: str) -> 
     if row is None:
         raise NotFoundException(detail="Customer not found")
     return _from_row(row)
+
+
+def _external_id_claim(events: EventStore, workspace_id: UUID, external_id: str | None) -> AbstractAsyncContextManager:
+    """Held from the check that no customer has the external id to the write that gives it one, so two requests,
+    in any API processes, never both find it free."""
+    return events.claims.claim(workspace_id, [] if external_id is None else [f"customer-external-id:{external_id}"])
+
+
+async def _check_external_id_free(client: AsyncClient, workspace_id: UUID, external_id: str | None,
+                                  other_than: UUID | None) -> None:
+    if external_id is not None and await queries.external_id_taken(client, workspace_id, external_id, other_than):
+        raise ClientException(status_code=HTTP_409_CONFLICT, detail="A customer has this external_id")
 
 
 async def _save(client: AsyncClient, workspace_id: UUID, customer: Customer, deleted: bool = False) -> None:
