@@ -8,7 +8,8 @@ INSERT, in the columns the ingest route fills (one workspace holds 40% of them; 
 do for the API). At each size given to --events (grown in place: `--events 1000000 10000000` measures at 1M,
 then adds 9M more over the same 90 days and measures at 10M), for the big workspace:
 - through the API, p50/p99 of GET /api/events/statistics/timeseries with _cost.amount and duration_ms:
-  a 30-day daily series (UTC), a 7-day hourly series (UTC), a 90-day daily series in Asia/Kolkata;
+  a 30-day daily series (UTC), a 7-day hourly series (UTC), a 90-day daily series in Asia/Kolkata, and a
+  30-day daily series in America/New_York; and each one's first request, which keeps the past local days merged;
 - the same answers from the raw events table: a plain GROUP BY with count, uniqExact, sums and quantiles;
 - the same from PostgreSQL (JSONB, index on (workspace, name, ts)) when `psql` reaches a server at
   127.0.0.1:5432 (BENCH_POSTGRES_DSN overrides), else it says it was skipped;
@@ -155,7 +156,7 @@ POSTGRES_PERIOD = {"day": "date_trunc('day', ts AT TIME ZONE '{tz}')", "hour": "
 
 
 class Series:
-    """One of the three answers the issue times, as API parameters and as a [lo, hi) UTC range."""
+    """One of the answers the bench times, as API parameters and as a [lo, hi) UTC range."""
 
     def __init__(self, label: str, interval: str, timezone: str, days: int, today: date) -> None:
         self.label, self.interval, self.timezone = label, interval, timezone
@@ -191,7 +192,9 @@ def store_events(client, workspaces: list[str], first: int, last: int, t0: datet
     return (last - first) / (time.perf_counter() - started)
 
 
-def time_api(api: Api, token: str, series: Series, repeat: int) -> tuple[list[float], dict, str]:
+def time_api(api: Api, token: str, series: Series, repeat: int) -> tuple[list[float], dict, str, float]:
+    """Latencies after three warm-up requests, the last answer, its sources (with how many percentiles came
+    from kept day states), and the first request's latency (the one that merges and keeps the days)."""
     latencies = []
     with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
         for attempt in range(repeat + 3):
@@ -199,9 +202,13 @@ def time_api(api: Api, token: str, series: Series, repeat: int) -> tuple[list[fl
             response = http.get("/api/events/statistics/timeseries", params=series.params())
             elapsed = (time.perf_counter() - started) * 1000
             response.raise_for_status()
+            if attempt == 0:
+                first = elapsed
             if attempt >= 3:  # the first requests warm caches and connections
                 latencies.append(elapsed)
-    return latencies, response.json(), response.headers.get("X-Statistics-Source", "?")
+    source = response.headers.get("X-Statistics-Source", "?")
+    kept = response.headers.get("X-Statistics-Kept-Periods", "0")
+    return latencies, response.json(), source if kept == "0" else f"{source}, {kept} kept", first
 
 
 def time_raw(client, workspace: str, series: Series, lo: datetime, hi: datetime, repeat: int) -> tuple[list[float], int]:
@@ -340,7 +347,8 @@ def main() -> None:
         t0 = datetime.combine(today - timedelta(days=DAYS), datetime.min.time(), UTC)
         series = [Series("30-day daily, UTC", "day", "UTC", 30, today),
                   Series("7-day hourly, UTC", "hour", "UTC", 7, today),
-                  Series("90-day daily, Asia/Kolkata", "day", "Asia/Kolkata", DAYS - 1, today)]
+                  Series("90-day daily, Asia/Kolkata", "day", "Asia/Kolkata", DAYS - 1, today),
+                  Series("30-day daily, New York", "day", "America/New_York", 30, today)]
         stored = 0
         previous: dict[str, float] = {}
         print(f"statistics benchmark: {WORKSPACES} workspaces (one with 40% of the events), {DAYS} days, "
@@ -355,13 +363,14 @@ def main() -> None:
             if dsn:
                 load_postgres(dsn, server.url, workspaces[0], first_new)
             for item in series:
-                api_latencies, answer, source = time_api(api, token, item, args.repeat)
+                api_latencies, answer, source, first = time_api(api, token, item, args.repeat)
                 lo, hi = item.bounds(answer)
                 raw_latencies, raw_count = time_raw(client, workspaces[0], item, lo, hi, args.raw_repeat)
                 api_count = sum(s["occurrences"] for p in answer["periods"] for s in p["stats"])
                 api_p50, raw_p50 = statistics.median(api_latencies), statistics.median(raw_latencies)
                 print(f"  {item.label:28s} API ({source:9s}) {fmt(api_latencies)} | raw GROUP BY {fmt(raw_latencies)}"
                       f" | raw/API {raw_p50 / api_p50:5.1f}x | same count: {api_count == raw_count} ({api_count:,})")
+                print(f"  {'':28s} first request {first:7.1f} ms")
                 if item.label in previous:
                     print(f"  {'':28s} API p50 grew {api_p50 / previous[item.label]:.2f}x since the previous size")
                 previous[item.label] = api_p50

@@ -25,7 +25,7 @@ from app.customers.numbers import CustomerNumbers
 from app.events.claims import LocalClaims
 from app.events.queries import EventFilter, stored_keys
 from app.statistics import service
-from app.statistics.routes import SOURCE_HEADER, TOTALS_SOURCE_HEADER
+from app.statistics.routes import KEPT_HEADER, SOURCE_HEADER, TOTALS_SOURCE_HEADER
 from app.warehouse.client import connect, with_database
 from app.warehouse.migrations import migrate, migration_files
 from tests.bruteforce import PERCENTILES, percentile_rank_ok, periods, timeseries
@@ -357,6 +357,71 @@ def test_every_source_gives_the_same_answer(settings, dataset: Dataset, interval
     assert all(each == exact[0] for each in exact[1:])
 
 
+def kept_statistics(api: TestClient, tenant: Tenant, events: list[dict[str, Any]], zone: str) -> int:
+    """The day series of `zone` over START..END checked against the brute force; how many of its percentiles came
+    from kept period states."""
+    params = {"start_date": START.isoformat(), "end_date": END.isoformat(), "interval": "day", "timezone": zone,
+              "aggregate_fields": FIELDS}
+    response = request(api, tenant, **params)
+    assert response.status_code == 200, response.text
+    reference = timeseries([as_reference(e) for e in events], START, END, "day", zone, None, None, FIELDS)
+    assert_matches(response.json(), reference, FIELDS, f"day {zone}, {response.headers[KEPT_HEADER]} kept")
+    return int(response.headers[KEPT_HEADER])
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_past_local_days_are_kept_merged_and_late_events_merge_their_day_again(
+    api: TestClient, tenant: Tenant, zone: str
+) -> None:
+    events = generate(21, 400)
+    ingest(api, tenant, events)
+    assert kept_statistics(api, tenant, events, zone) == 0
+    kept = kept_statistics(api, tenant, events, zone)
+    # Every (field, name, day) with values, all days being over: one of the requests also finds every day kept.
+    assert kept == len({(field, e["name"], local_day) for e in events for field in FIELDS
+                        if isinstance(leaf(e["metadata"], field), (int, float, Decimal))
+                        and not isinstance(leaf(e["metadata"], field), bool)
+                        and START <= (local_day := datetime.fromisoformat(e["timestamp"]).astimezone(ZoneInfo(zone)).date()) <= END})
+    # Back-dated events into a kept day: that day's state holds fewer values than the rollups now, so its
+    # percentiles merge from the rollups again (the brute force sees the new values), then it is kept anew.
+    late = [{**event, "name": "llm.call", "timestamp": "2026-10-14T16:00:00.000Z", "metadata": {"duration_ms": 1e7}}
+            for event in generate(22, 20)]
+    ingest(api, tenant, late)
+    events += late
+    assert kept_statistics(api, tenant, events, zone) == kept - 1
+    assert kept_statistics(api, tenant, events, zone) == kept
+
+
+def leaf(metadata: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(metadata, dict) or key not in metadata:
+            return None
+        metadata = metadata[key]
+    return metadata
+
+
+def test_a_day_not_over_is_not_kept(api: TestClient, tenant: Tenant, settings) -> None:
+    now = datetime.now(UTC)
+    ingest(api, tenant, [{"name": "today", "timestamp": (now - ago).isoformat(), "external_customer_id": "c",
+                          "metadata": {"duration_ms": 5}} for ago in (timedelta(minutes=1), timedelta(days=2))])
+    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    params = {"start_date": (today - timedelta(days=3)).isoformat(), "end_date": today.isoformat(),
+              "interval": "day", "timezone": "America/New_York", "aggregate_fields": ["duration_ms"]}
+    assert [request(api, tenant, **params).headers[KEPT_HEADER] for _ in range(2)] == ["0", "1"]
+
+    async def kept_ends() -> list[datetime]:
+        client = await connect(settings.clickhouse_url)
+        try:
+            result = await client.query("SELECT period_end FROM field_period_states WHERE workspace_id = {w:UUID}",
+                                        parameters={"w": tenant.id})
+            return [row[0] for row in result.result_rows]
+        finally:
+            await client.close()
+
+    [end] = asyncio.run(kept_ends())
+    assert end <= now
+
+
 def test_planner_covers_each_period_exactly() -> None:
     span = service.time_range("2026-10-01", "2026-10-07", "day", "Asia/Kathmandu")
     buckets = service.periods(span)
@@ -377,7 +442,11 @@ def test_another_workspace_never_shows(api: TestClient, tenant: Tenant, other_te
     theirs = generate(12, 90)
     ingest(api, tenant, mine)
     ingest(api, other_tenant, theirs)
-    for zone, interval in (("UTC", "day"), ("Asia/Kolkata", "week")):
+    for _ in range(2):  # theirs kept, for the kept days of New York below
+        statistics(api, other_tenant, start_date=START.isoformat(), end_date=END.isoformat(), interval="day",
+                   timezone="America/New_York", aggregate_fields=FIELDS)
+    for zone, interval in (("UTC", "day"), ("Asia/Kolkata", "week"), ("America/New_York", "day"),
+                           ("America/New_York", "day")):
         answer, _, _ = statistics(api, tenant, start_date=START.isoformat(), end_date=END.isoformat(),
                                   interval=interval, timezone=zone, aggregate_fields=FIELDS)
         reference = timeseries([as_reference(e) for e in mine], START, END, interval, zone, None, None, FIELDS)

@@ -1,15 +1,22 @@
 """The SQL of the statistics time series. Every value is a bound parameter; the only text that varies is chosen
 from the constants below (which rollup tables a plan reads, whether rows go to periods or to the whole range)."""
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from clickhouse_connect.driver.external import ExternalData
 
 from app.customers.queries import distinct_customers_of_bitmaps, distinct_customers_of_numbers
+
+log = logging.getLogger(__name__)
 
 # Must equal the quantile states of schema/0003_rollups.sql.
 GK_ACCURACY = 200
@@ -107,20 +114,25 @@ def event_counts_sql(grains: Sequence[str], by_period: bool, selection: Selectio
     )
 
 
-def field_values_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
-    parts = [
+LEVELS = ", ".join(str(level) for level in QUANTILE_LEVELS)
+
+
+def field_rows_sql(grains: Sequence[str], by_period: bool, selection: Selection) -> str:
+    """The rows of field_stats_* that `grains` cover, each with the key of its period (or 0, the range)."""
+    return " UNION ALL ".join(
         f"SELECT field, name, {period_sql(by_period, 'bucket')} AS key, value_count, value_total, exact_total, "
         f"value_quantiles FROM field_stats_{grain} "
         f"WHERE workspace_id = {{ws:UUID}} AND field IN {{fields:Array(String)}}{_names_filter(selection)} "
         f"AND {coverage_sql(grain, grains)}"
         for grain in grains
-    ]
-    levels = ", ".join(str(level) for level in QUANTILE_LEVELS)
+    )
+
+
+def field_values_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     return (
         f"SELECT field, name, key, sum(value_count), sum(value_total), sum(exact_total), "
-        f"quantilesGKMerge({GK_ACCURACY}, {levels})(value_quantiles) FROM ("
-        + " UNION ALL ".join(parts)
-        + ")" + _group_by("field, name", with_totals)
+        f"quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) FROM ({field_rows_sql(grains, by_period, selection)})"
+        + _group_by("field, name", with_totals)
     )
 
 
@@ -180,3 +192,105 @@ async def field_values(
         (field, name, key): (count, total, exact, list(quantiles))
         for field, name, key, count, total, exact, quantiles in result.result_rows
     }
+
+
+# Kept period states (schema/0020) -------------------------------------------------------------------------
+
+# A kept state's period: its index among the request's periods (0: none of them), and that period's end.
+KEPT_KEY = "indexOf({starts:Array(UInt32)}, toUInt32(period_start))"
+PERIOD_END = "toDateTime(arrayConcat({starts:Array(UInt32)}, [{hi:UInt32}])[key + 1], 'UTC')"
+# (field, name, period key, values) rows, sent as temporary tables: a long range has thousands.
+PERIOD_KEYS = "field String, name String, key UInt32, count UInt64"
+
+
+def period_keys(**tables: list[tuple[str, str, int, int]]) -> ExternalData:
+    external = ExternalData()
+    for table, rows in tables.items():
+        columns = [list(column) for column in zip(*rows, strict=True)] or [[], [], [], []]
+        external.add_file(file_name=table, data=msgspec.json.encode(columns), fmt="JSONCompactColumns",
+                          structure=PERIOD_KEYS)
+    return external
+
+
+def kept_rows_sql(selection: Selection) -> str:
+    """The kept states of exactly the request's periods."""
+    return (
+        f"SELECT field, name, {KEPT_KEY} AS key, value_count, value_quantiles FROM field_period_states "
+        f"WHERE workspace_id = {{ws:UUID}} AND field IN {{fields:Array(String)}}{_names_filter(selection)} "
+        f"AND period_start >= {RANGE_START} AND period_start < {RANGE_END} AND key > 0 AND period_end = {PERIOD_END}"
+    )
+
+
+def period_sums_sql(grains: Sequence[str], selection: Selection) -> str:
+    return (
+        "SELECT field, name, key, sum(value_count), sum(value_total), sum(exact_total) "
+        f"FROM ({field_rows_sql(grains, True, selection)}) GROUP BY field, name, key"
+    )
+
+
+def period_quantiles_sql(grains: Sequence[str], selection: Selection) -> str:
+    """Per (field, name, period): the quantiles from its kept state where the temporary table `kept` names it
+    with the count the rollups hold now, else merged from the rollups."""
+    return (
+        f"SELECT field, name, key, quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) FROM ("
+        f"  SELECT field, name, key, value_quantiles FROM ({kept_rows_sql(selection)}) "
+        "  WHERE (field, name, key, value_count) IN (SELECT field, name, key, count FROM kept) LIMIT 1 BY field, name, key"
+        "  UNION ALL"
+        f"  SELECT field, name, key, value_quantiles FROM ({field_rows_sql(grains, True, selection)}) "
+        "  WHERE (field, name, key) NOT IN (SELECT field, name, key FROM kept)"
+        ") GROUP BY field, name, key"
+    )
+
+
+def keep_period_states_sql(grains: Sequence[str], selection: Selection) -> str:
+    """Keeps the merged state of each (field, name, period) the temporary table `missing` names."""
+    return (
+        "INSERT INTO field_period_states "
+        "(workspace_id, field, name, period_start, period_end, value_count, value_quantiles) "
+        f"SELECT {{ws:UUID}}, field, name, toDateTime({{starts:Array(UInt32)}}[key], 'UTC'), {PERIOD_END}, "
+        f"sum(value_count), quantilesGKMergeState({GK_ACCURACY}, {LEVELS})(value_quantiles) "
+        f"FROM ({field_rows_sql(grains, True, selection)}) "
+        "WHERE (field, name, key) IN (SELECT field, name, key FROM missing) GROUP BY field, name, key"
+    )
+
+
+async def field_values_keeping_periods(
+    client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], selection: Selection,
+    over_by: int,
+) -> tuple[FieldValues, int]:
+    """field_values by period, where each period's quantiles are those of its kept state while that holds as many
+    values as the rollups do now, else merged from the rollups; a period over by `over_by` (Unix seconds) and
+    not kept yet is kept for the next request. Also: how many quantiles came from kept states."""
+    parameters = {**selection.parameters(), **split_parameters(splits)}
+    sums, kept = await asyncio.gather(
+        client.query(period_sums_sql(grains, selection), parameters=parameters),
+        client.query(f"SELECT field, name, key, value_count FROM ({kept_rows_sql(selection)})", parameters=parameters),
+    )
+    kept_counts = {tuple(row) for row in kept.result_rows}
+    ends = [*selection.starts[1:], selection.hi]
+    fresh, missing = [], []
+    for field, name, key, count, _, _ in sums.result_rows:
+        if (field, name, key, count) in kept_counts:
+            fresh.append((field, name, key, count))
+        elif ends[key - 1] <= over_by:
+            missing.append((field, name, key, count))
+    quantiles = client.query(period_quantiles_sql(grains, selection), parameters=parameters,
+                             external_data=period_keys(kept=fresh))
+    if missing:
+        found, _ = await asyncio.gather(quantiles, _keep(client, grains, selection, parameters, missing))
+    else:
+        found = await quantiles
+    merged = {(field, name, key): list(levels) for field, name, key, levels in found.result_rows}
+    values = {(field, name, key): (count, total, exact, merged[(field, name, key)])
+              for field, name, key, count, total, exact in sums.result_rows}
+    return values, len(fresh)
+
+
+async def _keep(client: AsyncClient, grains: Sequence[str], selection: Selection, parameters: dict[str, Any],
+                missing: list[tuple[str, str, int, int]]) -> None:
+    # Only a saving for later requests: the answer at hand does not depend on it.
+    try:
+        await client.command(keep_period_states_sql(grains, selection), parameters=parameters,
+                             external_data=period_keys(missing=missing))
+    except (DatabaseError, OperationalError) as error:
+        log.warning("could not keep merged period states: %s", error)

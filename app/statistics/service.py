@@ -77,6 +77,8 @@ class Answer:
     timeseries: Timeseries
     periods_plan: Plan
     totals_plan: Plan
+    # How many (field, name, period) quantiles came from kept period states (schema/0020).
+    kept: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -339,10 +341,19 @@ async def timeseries(
         workspace_id, int(lo.timestamp()), int(hi.timestamp()), fields, names, customer_keys, customer_ids,
         [int(bucket.start.timestamp()) for bucket in buckets],
     )
+    kept = 0
     if periods_plan == totals_plan:
         # The same rows answer both: one pass, the totals as a second grouping set (period 0).
         counts, values = await _aggregate(client, periods_plan, selection, by_period=True, with_totals=True)
         total_counts, total_values = counts, values
+    elif span.interval == "day" and periods_plan.grains != ("1d",):
+        # Days that are not UTC days: each merges many hourly states, so once over it is kept merged.
+        counts, (values, kept), (total_counts, total_values) = await asyncio.gather(
+            queries.event_counts(client, periods_plan.grains, periods_plan.splits, True, selection),
+            queries.field_values_keeping_periods(client, periods_plan.grains, periods_plan.splits, selection,
+                                                 int(datetime.now(UTC).timestamp())),
+            _aggregate(client, totals_plan, selection, by_period=False),
+        )
     else:
         (counts, values), (total_counts, total_values) = await asyncio.gather(
             _aggregate(client, periods_plan, selection, by_period=True),
@@ -357,4 +368,4 @@ async def timeseries(
         ],
         totals=[_stats(name, 0, fields, total_counts, total_values) for name in stat_names],
     )
-    return Answer(result, periods_plan, totals_plan)
+    return Answer(result, periods_plan, totals_plan, kept)
