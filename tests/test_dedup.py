@@ -2,7 +2,9 @@
 customer given one number (app/customers/numbers.py), however many requests name it first at once."""
 
 import asyncio
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -164,6 +166,73 @@ def test_one_email_given_at_once_in_two_processes_is_one_user(two_processes: lis
     assert created == [201] + [409] * 7
 
 
+def test_changes_to_one_customer_at_once_in_two_processes_all_hold(
+    api: TestClient, two_processes: list[ApiProcess], clickhouse_url: str
+) -> None:
+    tenant = create_tenant(api)
+
+    def customer_at_once(*changes) -> tuple[list[int], dict]:
+        created = api.post("/api/customers", json={"name": "before"}, headers=tenant.headers).json()
+        codes = at_once(two_processes, len(changes), lambda url, i: changes[i](f"{url}/api/customers/{created['id']}"))
+        return codes, api.get(f"/api/customers/{created['id']}", headers=tenant.headers)
+
+    def patch(body: dict):
+        return lambda url: httpx.patch(url, json=body, headers=tenant.headers, timeout=60)
+
+    def delete(url: str):
+        return httpx.delete(url, headers=tenant.headers, timeout=60)
+
+    for round_ in range(5):
+        codes, after = customer_at_once(patch({"name": "renamed"}), patch({"email": "e@x.test"}))
+        assert codes == [200, 200] and (after.json()["name"], after.json()["email"]) == ("renamed", "e@x.test")
+        given = f"given-{round_}"
+        codes, after = customer_at_once(patch({"external_id": given}), patch({"name": "renamed"}))
+        assert codes == [200, 200] and (after.json()["external_id"], after.json()["name"]) == (given, "renamed")
+        # One of two external ids: the second to run finds the first set (422) and the first id stays.
+        one, two = f"one-{round_}", f"two-{round_}"
+        codes, after = customer_at_once(patch({"external_id": one}), patch({"external_id": two}))
+        assert codes == [200, 422] and after.json()["external_id"] in (one, two)
+        codes, after = customer_at_once(patch({"name": "renamed"}), delete)
+        assert codes in ([200, 204], [204, 404]) and after.status_code == 404
+        codes, after = customer_at_once(delete, delete)
+        assert codes == [204, 404] and after.status_code == 404
+    deleted = run_sql(clickhouse_url, "SELECT count() FROM events WHERE workspace_id = {w:UUID} "
+                      "AND name = 'customer.deleted'", {"w": tenant.id})
+    assert deleted == [(10,)]
+
+
+def test_changes_to_one_usage_metric_at_once_in_two_processes_all_hold(
+    api: TestClient, two_processes: list[ApiProcess]
+) -> None:
+    tenant = create_tenant(api)
+    metric = {"name": "before", "interval_days": 30, "match_events": [{"name": "x"}]}
+
+    def metric_at_once(*changes) -> tuple[list[int], httpx.Response]:
+        created = api.post("/api/usage-metrics", json=metric, headers=tenant.headers).json()
+        codes = at_once(two_processes, len(changes),
+                        lambda url, i: changes[i](f"{url}/api/usage-metrics/{created['id']}"))
+        return codes, api.get(f"/api/usage-metrics/{created['id']}", headers=tenant.headers)
+
+    def patch(url: str):
+        return httpx.patch(url, json={"name": "renamed"}, headers=tenant.headers, timeout=60)
+
+    def delete(url: str):
+        return httpx.delete(url, headers=tenant.headers, timeout=60)
+
+    for _ in range(5):
+        codes, after = metric_at_once(patch, lambda url: httpx.patch(url, json={"interval_days": 7},
+                                                                      headers=tenant.headers, timeout=60))
+        assert codes == [200, 200] and (after.json()["name"], after.json()["interval_days"]) == ("renamed", 7)
+        codes, after = metric_at_once(patch, delete)
+        assert codes in ([200, 204], [204, 404]) and after.status_code == 404
+
+
+def test_one_email_in_two_cases_beyond_ascii_is_one_user(api: TestClient) -> None:
+    local = uuid.uuid4().hex
+    assert api.post("/api/users", json={"email": f"Ä{local}@race.test"}).status_code == 201
+    assert api.post("/api/users", json={"email": f"ä{local}@race.test"}).status_code == 409
+
+
 @pytest.mark.parametrize("table", ["customer_numbers", "share_numbers"])
 def test_a_refused_number_is_a_503_and_nothing_is_stored(
     api: TestClient, clickhouse_url: str, tenant: Tenant, table: str
@@ -235,6 +304,50 @@ def test_an_insert_cut_off_midway_is_completed_by_its_retry_and_stored_once(
                        workspace) == [(3,)], table
     types = api.get("/api/event-types", headers=tenant.headers).json()
     assert [(item["name"], item["occurrences"]) for item in types] == [("cut.off", 3)]
+
+
+def test_an_insert_cut_off_by_a_crash_is_completed_once_the_store_is_back(tmp_path: Path) -> None:
+    # Killed while the insert runs and back only after the 10 s a refused insert is sent again for: the round
+    # keeps sending its rows while the server cannot be reached, and every table ends with each event once.
+    server = EmbeddedServer(tmp_path / "ch", free_port(), free_port())
+    server.start()
+    settings = Settings(admin_token=OPERATOR_TOKEN, clickhouse_url=server.url, data_dir=str(tmp_path / "api"))
+    events = [{"name": "crash.test", "external_customer_id": f"c{i % 50}", "external_id": f"k{i}",
+               "metadata": {"n": i, "s": "x" * 200}} for i in range(10_000)]
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+            api.headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
+            tenant = create_tenant(api)
+            answer: list[httpx.Response] = []
+            sender = threading.Thread(target=lambda: answer.append(
+                api.post("/api/events/ingest", json={"events": events}, headers=tenant.headers)))
+            sender.start()
+            assert wait_for_insert(server), "the insert never started"
+            os.kill(server.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            time.sleep(service.INSERT_RETRY_SECONDS + 2)
+            server.start()
+            sender.join()
+            assert time.monotonic() - killed > service.INSERT_RETRY_SECONDS, "answered before the store came back"
+            assert answer[0].json() == {"inserted": 10_000, "duplicates": 0}
+            for table, count in [("events", "count()"), ("events_by_time", "count()"),
+                                 ("events_by_customer", "count()"), ("event_stats_1h", "sum(occurrences)"),
+                                 ("field_stats_15m", "sum(value_count)"), ("customer_usage", "sum(events) / 3")]:
+                assert run_sql(server.url, f"SELECT {count} FROM {table} WHERE workspace_id = {{w:UUID}}",
+                               {"w": tenant.id}) == [(10_000,)], table
+    finally:
+        server.stop()
+
+
+def wait_for_insert(server: EmbeddedServer, timeout: float = 30) -> bool:
+    """Whether an insert into events began running within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = run_sql(server.url, "SELECT count() FROM system.processes WHERE query ILIKE 'INSERT INTO%events%'")
+        if running[0][0]:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_no_store_is_a_503_with_retry_after_and_nothing_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

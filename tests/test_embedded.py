@@ -119,6 +119,10 @@ def test_analyst_is_read_only(server: EmbeddedServer) -> None:
     for sql in denied:
         assert "ACCESS_DENIED" in http_query(server, sql, user="analyst"), sql
     assert not written.exists()
+    # Within the limits its profile sets: a query cannot lift them (0 is no limit).
+    assert http_query(server, "SELECT getSetting('max_memory_usage')", user="analyst").strip() == "4000000000"
+    for lifted in ("max_memory_usage = 0", "max_execution_time = 0", "max_memory_usage = 9000000000"):
+        assert "SETTING_CONSTRAINT_VIOLATION" in http_query(server, f"SELECT 1 SETTINGS {lifted}", user="analyst")
 
 
 def test_listens_on_loopback_only(server: EmbeddedServer) -> None:
@@ -235,7 +239,8 @@ def test_the_official_images_config_names_only_what_clickhouse_knows(server: Emb
         return set(http_query(server, f"SELECT name FROM system.{table}").split())
 
     known = names("settings")
-    assert {setting for profile in image.values() for setting in profile} <= known
+    assert {setting for profile in image.values() for setting in profile} - {"constraints"} <= known
+    assert {constraint.tag for profile in image_profiles for constraint in profile.iterfind("constraints/*")} <= known
     server_config = ElementTree.parse(root / "config.d/server.xml").getroot()
     merge_tree = server_config.find("merge_tree")
     assert merge_tree is not None and {setting.tag for setting in merge_tree} <= names("merge_tree_settings")

@@ -356,6 +356,22 @@ def test_customer_list_parameters_are_checked(api: TestClient, world: World) -> 
     assert api.get("/api/customers", params=other, headers=world.tenant.headers).status_code == 422
 
 
+def test_a_customer_list_cursor_ends_when_its_metric_changes(api: TestClient, tenant: Tenant) -> None:
+    # Its next pages would be ordered by other values than the first: a 422 saying so, not a page that repeats
+    # or skips customers.
+    metric = api.post("/api/usage-metrics", json={"name": "m", "interval_days": 30, "match_events": [{"name": "a"}]},
+                      headers=tenant.headers).json()
+    for label in ("one", "two"):
+        create_customer(api, tenant, external_id=label)
+    params = {"usage_metric": metric["id"], "sort": "-usage_metric", "take": 1}
+    first = api.get("/api/customers", params=params, headers=tenant.headers).json()
+    before = api.get("/api/customers", params={**params, "cursor": first["cursor"]}, headers=tenant.headers)
+    assert before.status_code == 200
+    api.patch(f"/api/usage-metrics/{metric['id']}", json={"match_events": [{"name": "b"}]}, headers=tenant.headers)
+    after = api.get("/api/customers", params={**params, "cursor": first["cursor"]}, headers=tenant.headers)
+    assert after.status_code == 422 and "cursor" in after.text and "changed" in after.text
+
+
 def test_customer_list_pages_stay_consistent_while_events_arrive(api: TestClient, tenant: Tenant) -> None:
     rng = random.Random(12)
     small = build_world(api, tenant, [METRICS[0], METRICS[13]], customers=7, per_customer=30)

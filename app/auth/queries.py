@@ -53,7 +53,8 @@ async def user_by_id(client: AsyncClient, user_id: UUID) -> tuple[UUID, str, str
 
 async def email_taken(client: AsyncClient, email: str) -> bool:
     result = await client.query(
-        "SELECT count() FROM users FINAL WHERE lower(email) = lower({email:String})", parameters={"email": email}
+        "SELECT count() FROM users FINAL WHERE lowerUTF8(email) = lowerUTF8({email:String})",
+        parameters={"email": email},
     )
     return result.result_rows[0][0] > 0
 

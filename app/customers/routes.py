@@ -1,4 +1,5 @@
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID, uuid4
@@ -29,7 +30,7 @@ class CustomerController(Controller):
         self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, data: CustomerCreate
     ) -> Customer:
         workspace.require("member")
-        async with _external_id_claim(events, workspace.workspace_id, data.external_id):
+        async with events.claims.claim(workspace.workspace_id, _external_id_keys(data.external_id)):
             await _check_external_id_free(client, workspace.workspace_id, data.external_id, None)
             # A write like an event's: usage listings under way never see the customer appear between their pages.
             async with events.writes.writing([workspace.workspace_id]) as created_at:
@@ -43,19 +44,18 @@ class CustomerController(Controller):
         self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, reference: str, data: CustomerPatch
     ) -> Customer:
         workspace.require("member")
-        customer = await _customer(client, workspace.workspace_id, reference)
         changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not msgspec.UNSET}
-        new_external = changes.get("external_id", customer.external_id)
-        if customer.external_id is not None and new_external != customer.external_id:
-            # Events are counted under the external id once a customer has one; changing it would split them.
-            raise invalid("external_id", "cannot change once set")
-        updated = msgspec.structs.replace(customer, **changes)
-        given = new_external if customer.external_id is None else None
-        async with _external_id_claim(events, workspace.workspace_id, given):
+        async with _claimed(client, events, workspace.workspace_id, reference, changes.get("external_id")) as customer:
+            new_external = changes.get("external_id", customer.external_id)
+            if customer.external_id is not None and new_external != customer.external_id:
+                # Events are counted under the external id once a customer has one; changing it would split them.
+                raise invalid("external_id", "cannot change once set")
+            updated = msgspec.structs.replace(customer, **changes)
+            given = new_external if customer.external_id is None else None
             await _check_external_id_free(client, workspace.workspace_id, given, customer.id)
             await _save(client, workspace.workspace_id, updated)
-        if customer.external_id is None and updated.external_id is not None:
-            await events.numbers.join(workspace.workspace_id, customer.id, updated.external_id)
+        if given is not None:
+            await events.numbers.join(workspace.workspace_id, customer.id, given)
         await events.record_customer_event(workspace.workspace_id, "customer.updated", updated)
         return updated
 
@@ -64,8 +64,8 @@ class CustomerController(Controller):
         self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, reference: str
     ) -> None:
         workspace.require("member")
-        customer = await _customer(client, workspace.workspace_id, reference)
-        await _save(client, workspace.workspace_id, customer, deleted=True)
+        async with _claimed(client, events, workspace.workspace_id, reference) as customer:
+            await _save(client, workspace.workspace_id, customer, deleted=True)
         await events.record_customer_event(workspace.workspace_id, "customer.deleted", customer)
 
     @get("/")
@@ -96,10 +96,22 @@ async def _customer(client: AsyncClient, workspace_id: UUID, reference: str) -> 
     return _from_row(row)
 
 
-def _external_id_claim(events: EventStore, workspace_id: UUID, external_id: str | None) -> AbstractAsyncContextManager:
-    """Held from the check that no customer has the external id to the write that gives it one, so two requests,
-    in any API processes, never both find it free."""
-    return events.claims.claim(workspace_id, [] if external_id is None else [f"customer-external-id:{external_id}"])
+def _external_id_keys(external_id: str | None) -> list[str]:
+    """The claim held from the check that no customer has the external id to the write that gives it one, so two
+    requests, in any API processes, never both find it free."""
+    return [] if external_id is None else [f"customer-external-id:{external_id}"]
+
+
+@asynccontextmanager
+async def _claimed(
+    client: AsyncClient, events: EventStore, workspace_id: UUID, reference: str, external_id: str | None = None
+) -> AsyncIterator[Customer]:
+    """The customer as it is once no other change to it is under way, in any API process: read again under a
+    claim on its id (and on an external id it may be given), held until the change is written, so changes to
+    one customer follow each other and none writes over another's (a deleted customer is a 404)."""
+    found = await _customer(client, workspace_id, reference)
+    async with events.claims.claim(workspace_id, [f"customer:{found.id}", *_external_id_keys(external_id)]):
+        yield await _customer(client, workspace_id, str(found.id))
 
 
 async def _check_external_id_free(client: AsyncClient, workspace_id: UUID, external_id: str | None,

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from app.customers.numbers import CustomerNumbers
 from app.customers.queries import customers_by_reference
@@ -50,8 +51,14 @@ UUID_VARIANT = bytes(byte & 0x3F | 0x80 for byte in range(256))
 # views check their own blocks against the insert's token, so a retry fills in what a failure left out.
 INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1,
                    "deduplicate_blocks_in_dependent_materialized_views": 1}
-# How long a round sends its rows again after a failure: the embedded server is back within 2 s of a crash.
+# How long a round sends its rows again after ClickHouse answered with an error, and after it could not be
+# reached (or the connection broke). An insert cut off by a crash may have reached some tables and not others,
+# and only the same rows sent again under the same token complete it: once a round gives up, the producer's
+# retry finds its keys stored and skips them, so a table that missed them misses them for good. The embedded
+# server is back within 2 s of a crash and restarted after 20 s of silence; a server restarted by its
+# supervisor (docker-compose's restart policy) takes longer.
 INSERT_RETRY_SECONDS = 10.0
+UNREACHABLE_RETRY_SECONDS = 60.0
 INSERT_RETRY_PAUSE_SECONDS = 0.5
 
 
@@ -180,12 +187,13 @@ class EventStore:
                 IngestResult(inserted=len(outcome.stored), duplicates=outcome.duplicates) for outcome in outcomes]
 
     async def _insert(self, columns: list[list[Any]]) -> None:
-        """The rows sent until ClickHouse has them all, for INSERT_RETRY_SECONDS at most. An insert that fails
-        may have reached `events` and some of its views and not others (schema/0018); sent again with the same
-        token, each table skips the block it has and takes the one it lacks, so nothing is stored twice."""
+        """The rows sent until ClickHouse has them all, for INSERT_RETRY_SECONDS at most, UNREACHABLE_RETRY_SECONDS
+        while it cannot be reached. An insert that fails may have reached `events` and some of its views and not
+        others (schema/0018); sent again with the same token, each table skips the block it has and takes the one
+        it lacks, so nothing is stored twice."""
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": uuid.uuid4().hex}
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + INSERT_RETRY_SECONDS
+        started = loop.time()
         while True:
             try:
                 await self.client.insert("events", columns, column_names=EVENT_COLUMNS,
@@ -193,7 +201,8 @@ class EventStore:
                                          column_oriented=True, settings=settings)
                 return
             except Exception as error:
-                if loop.time() + INSERT_RETRY_PAUSE_SECONDS > deadline:
+                patience = UNREACHABLE_RETRY_SECONDS if isinstance(error, OperationalError) else INSERT_RETRY_SECONDS
+                if loop.time() + INSERT_RETRY_PAUSE_SECONDS > started + patience:
                     raise
                 log.warning("insert failed, sending it again: %s", error)
                 await asyncio.sleep(INSERT_RETRY_PAUSE_SECONDS)

@@ -131,7 +131,8 @@ def field_rows_sql(grains: Sequence[str], by_period: bool, selection: Selection)
 def field_values_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     return (
         f"SELECT field, name, key, sum(value_count), sum(value_total), sum(exact_total), "
-        f"quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) FROM ({field_rows_sql(grains, by_period, selection)})"
+        f"quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) "
+        f"FROM ({field_rows_sql(grains, by_period, selection)})"
         + _group_by("field, name", with_totals)
     )
 
@@ -234,7 +235,8 @@ def period_quantiles_sql(grains: Sequence[str], selection: Selection) -> str:
     return (
         f"SELECT field, name, key, quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) FROM ("
         f"  SELECT field, name, key, value_quantiles FROM ({kept_rows_sql(selection)}) "
-        "  WHERE (field, name, key, value_count) IN (SELECT field, name, key, count FROM kept) LIMIT 1 BY field, name, key"
+        "  WHERE (field, name, key, value_count) IN (SELECT field, name, key, count FROM kept) "
+        "  LIMIT 1 BY field, name, key"
         "  UNION ALL"
         f"  SELECT field, name, key, value_quantiles FROM ({field_rows_sql(grains, True, selection)}) "
         "  WHERE (field, name, key) NOT IN (SELECT field, name, key FROM kept)"

@@ -1,9 +1,11 @@
+from contextlib import AbstractAsyncContextManager
 from uuid import UUID
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 from litestar import Controller, delete, get, patch, post
 
 from app.auth.service import WorkspaceAccess
+from app.events.service import EventStore
 from app.usage_metrics import service
 from app.usage_metrics.schemas import CustomerUsageMetric, UsageMetric, UsageMetricCreate, UsageMetricPatch
 from app.warehouse.client import stored_now
@@ -30,15 +32,26 @@ class UsageMetricController(Controller):
 
     @patch("/{metric_id:uuid}")
     async def update_usage_metric(
-        self, client: AsyncClient, workspace: WorkspaceAccess, metric_id: UUID, data: UsageMetricPatch
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, metric_id: UUID,
+        data: UsageMetricPatch,
     ) -> UsageMetric:
         workspace.require("member")
-        return await service.update_metric(client, workspace.workspace_id, metric_id, data)
+        async with _metric_claim(events, workspace.workspace_id, metric_id):
+            return await service.update_metric(client, workspace.workspace_id, metric_id, data)
 
     @delete("/{metric_id:uuid}")
-    async def delete_usage_metric(self, client: AsyncClient, workspace: WorkspaceAccess, metric_id: UUID) -> None:
+    async def delete_usage_metric(
+        self, client: AsyncClient, workspace: WorkspaceAccess, events: EventStore, metric_id: UUID
+    ) -> None:
         workspace.require("member")
-        await service.delete_metric(client, workspace.workspace_id, metric_id)
+        async with _metric_claim(events, workspace.workspace_id, metric_id):
+            await service.delete_metric(client, workspace.workspace_id, metric_id)
+
+
+def _metric_claim(events: EventStore, workspace_id: UUID, metric_id: UUID) -> AbstractAsyncContextManager:
+    """A change reads the metric and writes a whole new version of it: under this claim, in any API process,
+    changes to one metric follow each other, so none writes over another's or brings a deleted metric back."""
+    return events.claims.claim(workspace_id, [f"usage-metric:{metric_id}"])
 
 
 class CustomerUsageMetricController(Controller):

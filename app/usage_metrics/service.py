@@ -213,6 +213,8 @@ class UsageCursor(msgspec.Struct, array_like=True):
     value: float | Literal["inf", "-inf", "nan"]
     created_at: datetime
     id: UUID
+    # The metric's version the listing began with (absent from cursors issued before it was kept).
+    metric_updated_at: datetime | None = None
 
 
 async def customer_usage_page(
@@ -229,6 +231,9 @@ async def customer_usage_page(
     position = decode_cursor(cursor, UsageCursor) if cursor else None
     if position is not None and (position.metric_id, position.sort) != (metric_id, sort):
         raise invalid("cursor", "belongs to a listing with another usage_metric or sort")
+    if position is not None and position.metric_updated_at not in (None, metric.updated_at):
+        # Its values would no longer be those the earlier pages were ordered by.
+        raise invalid("cursor", "the usage metric has changed since this listing began; list again from the start")
     as_of = position.as_of if position else settled
     after = (float(position.value), position.created_at, position.id) if position else None
     sql = compile_metric(metric, "m_")
@@ -247,7 +252,7 @@ async def customer_usage_page(
     if len(rows) > take:
         last = rows[take - 1]
         value = last[8] if math.isfinite(last[8]) else repr(last[8])
-        next_cursor = encode_cursor(UsageCursor(metric_id, sort, as_of, value, last[5], last[0]))
+        next_cursor = encode_cursor(UsageCursor(metric_id, sort, as_of, value, last[5], last[0], metric.updated_at))
     return CustomerUsagePage(items, next_cursor)
 
 
