@@ -369,31 +369,39 @@ def kept_statistics(api: TestClient, tenant: Tenant, events: list[dict[str, Any]
     return int(response.headers[KEPT_HEADER])
 
 
-@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+# Zones whose days are not UTC days: whole-hour and DST (New York), :30 (Kolkata), :45 (Kathmandu), and Lord Howe,
+# whose DST moves its clocks by 30 minutes (its 2026-10-04 is 23.5 hours long).
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"])
 def test_past_local_days_are_kept_merged_and_late_events_merge_their_day_again(
     api: TestClient, tenant: Tenant, zone: str
 ) -> None:
     events = generate(21, 400)
     ingest(api, tenant, events)
     assert kept_statistics(api, tenant, events, zone) == 0
-    kept = kept_statistics(api, tenant, events, zone)
-    # Every (field, name, day) with values, all days being over: one of the requests also finds every day kept.
-    days_with_values = set()
+    # Every (field, name, day) with values, all days being over: the next request finds every one kept.
+    before = days_with_values(events, zone)
+    assert kept_statistics(api, tenant, events, zone) == len(before)
+    # Back-dated events into kept days: the states they add values to hold fewer than the rollups now, so those
+    # merge from the rollups again (the brute force sees the new values), then are kept anew.
+    late = [{**event, "name": "llm.call", "timestamp": f"2026-10-{14 + i % 3}T16:00:00.000Z",
+             "metadata": {"duration_ms": 1e7}} for i, event in enumerate(generate(22, 20))]
+    ingest(api, tenant, late)
+    events += late
+    touched = days_with_values(late, zone)
+    assert kept_statistics(api, tenant, events, zone) == len(before - touched)
+    assert kept_statistics(api, tenant, events, zone) == len(days_with_values(events, zone))
+
+
+def days_with_values(events: list[dict[str, Any]], zone: str) -> set[tuple[str, str, date]]:
+    """(field, name, local day) of START..END with a number at that field."""
+    found = set()
     for event in events:
         day = datetime.fromisoformat(event["timestamp"]).astimezone(ZoneInfo(zone)).date()
         for field in FIELDS:
             value = leaf(event["metadata"], field)
             if START <= day <= END and isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-                days_with_values.add((field, event["name"], day))
-    assert kept == len(days_with_values)
-    # Back-dated events into a kept day: that day's state holds fewer values than the rollups now, so its
-    # percentiles merge from the rollups again (the brute force sees the new values), then it is kept anew.
-    late = [{**event, "name": "llm.call", "timestamp": "2026-10-14T16:00:00.000Z", "metadata": {"duration_ms": 1e7}}
-            for event in generate(22, 20)]
-    ingest(api, tenant, late)
-    events += late
-    assert kept_statistics(api, tenant, events, zone) == kept - 1
-    assert kept_statistics(api, tenant, events, zone) == kept
+                found.add((field, event["name"], day))
+    return found
 
 
 def leaf(metadata: dict[str, Any], path: str) -> Any:

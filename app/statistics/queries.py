@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # Must equal the quantile states of schema/0003_rollups.sql.
 GK_ACCURACY = 200
 QUANTILE_LEVELS = (0.1, 0.9, 0.99)
+LEVELS = ", ".join(str(level) for level in QUANTILE_LEVELS)
 COST_FIELD = "_cost.amount"
 
 # The rollup grains, coarsest first, with their bucket length in seconds and the function that finds the
@@ -114,9 +115,6 @@ def event_counts_sql(grains: Sequence[str], by_period: bool, selection: Selectio
     )
 
 
-LEVELS = ", ".join(str(level) for level in QUANTILE_LEVELS)
-
-
 def field_rows_sql(grains: Sequence[str], by_period: bool, selection: Selection) -> str:
     """The rows of field_stats_* that `grains` cover, each with the key of its period (or 0, the range)."""
     return " UNION ALL ".join(
@@ -158,11 +156,10 @@ def raw_event_counts_sql(by_period: bool, selection: Selection, with_totals: boo
 
 
 def raw_field_values_sql(by_period: bool, selection: Selection, with_totals: bool = False) -> str:
-    levels = ", ".join(str(level) for level in QUANTILE_LEVELS)
     return (
         f"SELECT field, name, {period_sql(by_period, 'timestamp')} AS key, count(), sum(num[field]), "
         f"sum(if(field = {{cost_field:String}}, cost_amount, toDecimal128(0, 12))), "
-        f"quantilesExact({levels})(num[field]) "
+        f"quantilesExact({LEVELS})(num[field]) "
         f"FROM events ARRAY JOIN {{fields:Array(String)}} AS field "
         f"WHERE {_raw_filter(selection)} AND mapContains(num, field)" + _group_by("field, name", with_totals)
     )
