@@ -318,9 +318,9 @@ def test_an_insert_cut_off_by_a_crash_is_completed_once_the_store_is_back(tmp_pa
         with TestClient(create_app(settings), raise_server_exceptions=False) as api:
             api.headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
             tenant = create_tenant(api)
-            answer: list[httpx.Response] = []
+            answer: list[tuple[httpx.Response, float]] = []
             sender = threading.Thread(target=lambda: answer.append(
-                api.post("/api/events/ingest", json={"events": events}, headers=tenant.headers)))
+                (api.post("/api/events/ingest", json={"events": events}, headers=tenant.headers), time.monotonic())))
             sender.start()
             assert wait_for_insert(server), "the insert never started"
             os.kill(server.pid, signal.SIGKILL)
@@ -328,8 +328,9 @@ def test_an_insert_cut_off_by_a_crash_is_completed_once_the_store_is_back(tmp_pa
             time.sleep(service.INSERT_RETRY_SECONDS + 2)
             server.start()
             sender.join()
-            assert time.monotonic() - killed > service.INSERT_RETRY_SECONDS, "answered before the store came back"
-            assert answer[0].json() == {"inserted": 10_000, "duplicates": 0}
+            response, answered = answer[0]
+            assert answered - killed > service.INSERT_RETRY_SECONDS, "answered before the store came back"
+            assert response.json() == {"inserted": 10_000, "duplicates": 0}
             for table, count in [("events", "count()"), ("events_by_time", "count()"),
                                  ("events_by_customer", "count()"), ("event_stats_1h", "sum(occurrences)"),
                                  ("field_stats_15m", "sum(value_count)"), ("customer_usage", "sum(events) / 3")]:
