@@ -412,6 +412,74 @@ def leaf(metadata: dict[str, Any], path: str) -> Any:
     return metadata
 
 
+def test_a_day_after_a_skipped_one_is_kept_once(api: TestClient, tenant: Tenant, settings) -> None:
+    # Apia went from 2011-12-29 to 2011-12-31 (UTC-10 to UTC+14): its 30th is an empty period starting where the
+    # 31st does, and the 31st is kept, found and read like any other day.
+    events = [{"name": "apia", "timestamp": f"2011-12-{day}T{hour:02d}:00:00Z", "external_customer_id": "c",
+               "metadata": {"duration_ms": day * 100 + hour}} for day in (29, 30, 31) for hour in range(0, 24, 3)]
+    ingest(api, tenant, events)
+    params = {"start_date": "2011-12-28", "end_date": "2012-01-01", "interval": "day", "timezone": "Pacific/Apia",
+              "aggregate_fields": ["duration_ms"]}
+    kept = [request(api, tenant, **params).headers[KEPT_HEADER] for _ in range(3)]
+    reference = timeseries([as_reference({**e, "external_id": str(i)}) for i, e in enumerate(events)],
+                           date(2011, 12, 28), date(2012, 1, 1), "day", "Pacific/Apia", None, None, ["duration_ms"])
+    assert_matches(request(api, tenant, **params).json(), reference, ["duration_ms"], "Apia")
+    days = {datetime.fromisoformat(e["timestamp"]).astimezone(ZoneInfo("Pacific/Apia")).date() for e in events}
+    assert kept == ["0", str(len(days)), str(len(days))]
+    rows = asyncio.run(sql_rows(settings, "SELECT count() FROM field_period_states WHERE workspace_id = {w:UUID}",
+                                {"w": tenant.id}))
+    assert rows == [(len(days),)]
+
+
+def test_a_kept_state_gone_before_it_is_read_is_merged_from_the_rollups(tenant: Tenant, api: TestClient,
+                                                                          settings) -> None:
+    # Kept again with a larger count by another request, the state this request matched can be merged away
+    # before its read: that day is read from the rollups instead.
+    events = generate(23, 200)
+    ingest(api, tenant, events)
+    span = service.time_range(START.isoformat(), END.isoformat(), "day", "America/New_York")
+    reference = timeseries([as_reference(e) for e in events], START, END, "day", "America/New_York", None, None,
+                           FIELDS)
+
+    class StatesGoneBeforeTheirRead:
+        """The store, where every kept state of the tenant is deleted just before the read that matches them."""
+
+        def __init__(self, client) -> None:
+            self.client = client
+
+        async def query(self, sql: str, **arguments):
+            if "FROM kept" in sql:
+                await self.client.command("DELETE FROM field_period_states WHERE workspace_id = {w:UUID}",
+                                          parameters={"w": tenant.id})
+            return await self.client.query(sql, **arguments)
+
+        def __getattr__(self, name: str):
+            return getattr(self.client, name)
+
+    async def answers() -> list[tuple[int, dict[str, Any]]]:
+        client = await connect(settings.clickhouse_url)
+        try:
+            found = []
+            for store in (client, client, StatesGoneBeforeTheirRead(client)):
+                answer = await service.timeseries(store, uuid.UUID(tenant.id), span, FIELDS)
+                found.append((answer.kept, json.loads(ENCODER.encode(answer.timeseries))))
+            return found
+        finally:
+            await client.close()
+
+    (first, _), (second, _), (third, answer) = asyncio.run(answers())
+    assert first == 0 and second > 0 and third == 0
+    assert_matches(answer, reference, FIELDS, "states gone")
+
+
+async def sql_rows(settings, sql: str, parameters: dict[str, Any]) -> list[tuple]:
+    client = await connect(settings.clickhouse_url)
+    try:
+        return list((await client.query(sql, parameters=parameters)).result_rows)
+    finally:
+        await client.close()
+
+
 def test_a_day_not_over_is_not_kept(api: TestClient, tenant: Tenant, settings) -> None:
     now = datetime.now(UTC)
     ingest(api, tenant, [{"name": "today", "timestamp": (now - ago).isoformat(), "external_customer_id": "c",

@@ -194,8 +194,10 @@ async def field_values(
 
 # Kept period states (schema/0020) -------------------------------------------------------------------------
 
-# A kept state's period: its index among the request's periods (0: none of them), and that period's end.
-KEPT_KEY = "indexOf({starts:Array(UInt32)}, toUInt32(period_start))"
+# A kept state's period: its index among the request's periods (0: none of them), and that period's end. The
+# last with its start, as PERIOD_SQL finds a row's: a local day a zone skipped (Apia's 2011-12-30) is an empty
+# period starting where the next day does.
+KEPT_KEY = "arrayLastIndex(start -> start = toUInt32(period_start), {starts:Array(UInt32)})"
 PERIOD_END = "toDateTime(arrayConcat({starts:Array(UInt32)}, [{hi:UInt32}])[key + 1], 'UTC')"
 # (field, name, period key, values) rows, sent as temporary tables: a long range has thousands.
 PERIOD_KEYS = "field String, name String, key UInt32, count UInt64"
@@ -273,16 +275,27 @@ async def field_values_keeping_periods(
             fresh.append((field, name, key, count))
         elif ends[key - 1] <= over_by:
             missing.append((field, name, key, count))
-    quantiles = client.query(period_quantiles_sql(grains, selection), parameters=parameters,
-                             external_data=period_keys(kept=fresh))
+    quantiles = _period_quantiles(client, grains, selection, parameters, fresh)
     if missing:
-        found, _ = await asyncio.gather(quantiles, _keep(client, grains, selection, parameters, missing))
+        merged, _ = await asyncio.gather(quantiles, _keep(client, grains, selection, parameters, missing))
     else:
-        found = await quantiles
-    merged = {(field, name, key): list(levels) for field, name, key, levels in found.result_rows}
+        merged = await quantiles
+    while any(item[:3] not in merged for item in fresh):
+        # Kept again with a larger count by another request (late events), the matching state merged away
+        # meanwhile: those periods are read from the rollups instead.
+        fresh = [item for item in fresh if item[:3] in merged]
+        merged = await _period_quantiles(client, grains, selection, parameters, fresh)
     values = {(field, name, key): (count, total, exact, merged[(field, name, key)])
               for field, name, key, count, total, exact in sums.result_rows}
     return values, len(fresh)
+
+
+async def _period_quantiles(client: AsyncClient, grains: Sequence[str], selection: Selection,
+                            parameters: dict[str, Any], fresh: list[tuple[str, str, int, int]]
+                            ) -> dict[tuple[str, str, int], list[float]]:
+    found = await client.query(period_quantiles_sql(grains, selection), parameters=parameters,
+                               external_data=period_keys(kept=fresh))
+    return {(field, name, key): list(levels) for field, name, key, levels in found.result_rows}
 
 
 async def _keep(client: AsyncClient, grains: Sequence[str], selection: Selection, parameters: dict[str, Any],
