@@ -358,8 +358,8 @@ def test_every_source_gives_the_same_answer(settings, dataset: Dataset, interval
 
 
 def kept_statistics(api: TestClient, tenant: Tenant, events: list[dict[str, Any]], zone: str) -> int:
-    """The day series of `zone` over START..END checked against the brute force; how many of its percentiles came
-    from kept period states."""
+    """The day series of `zone` over START..END checked against the brute force; how many of its percentiles were
+    kept ones."""
     params = {"start_date": START.isoformat(), "end_date": END.isoformat(), "interval": "day", "timezone": zone,
               "aggregate_fields": FIELDS}
     response = request(api, tenant, **params)
@@ -426,30 +426,30 @@ def test_a_day_after_a_skipped_one_is_kept_once(api: TestClient, tenant: Tenant,
     assert_matches(request(api, tenant, **params).json(), reference, ["duration_ms"], "Apia")
     days = {datetime.fromisoformat(e["timestamp"]).astimezone(ZoneInfo("Pacific/Apia")).date() for e in events}
     assert kept == ["0", str(len(days)), str(len(days))]
-    rows = asyncio.run(sql_rows(settings, "SELECT count() FROM field_period_states WHERE workspace_id = {w:UUID}",
+    rows = asyncio.run(sql_rows(settings, "SELECT count() FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
                                 {"w": tenant.id}))
     assert rows == [(len(days),)]
 
 
-def test_a_kept_state_gone_before_it_is_read_is_merged_from_the_rollups(tenant: Tenant, api: TestClient,
+def test_kept_quantiles_gone_before_they_are_read_are_merged_from_the_rollups(tenant: Tenant, api: TestClient,
                                                                           settings) -> None:
-    # Kept again with a larger count by another request, the state this request matched can be merged away
-    # before its read: that day is read from the rollups instead.
+    # Kept again with a larger count by another request, the row this request matched can be merged away before
+    # its read: that day is read from the rollups instead.
     events = generate(23, 200)
     ingest(api, tenant, events)
     span = service.time_range(START.isoformat(), END.isoformat(), "day", "America/New_York")
     reference = timeseries([as_reference(e) for e in events], START, END, "day", "America/New_York", None, None,
                            FIELDS)
 
-    class StatesGoneBeforeTheirRead:
-        """The store, where every kept state of the tenant is deleted just before the read that matches them."""
+    class KeptGoneBeforeItsRead:
+        """The store, where the tenant's kept quantiles are deleted just before the read that matches them."""
 
         def __init__(self, client) -> None:
             self.client = client
 
         async def query(self, sql: str, **arguments):
             if "FROM kept" in sql:
-                await self.client.command("DELETE FROM field_period_states WHERE workspace_id = {w:UUID}",
+                await self.client.command("DELETE FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
                                           parameters={"w": tenant.id})
             return await self.client.query(sql, **arguments)
 
@@ -460,7 +460,7 @@ def test_a_kept_state_gone_before_it_is_read_is_merged_from_the_rollups(tenant: 
         client = await connect(settings.clickhouse_url)
         try:
             found = []
-            for store in (client, client, StatesGoneBeforeTheirRead(client)):
+            for store in (client, client, KeptGoneBeforeItsRead(client)):
                 answer = await service.timeseries(store, uuid.UUID(tenant.id), span, FIELDS)
                 found.append((answer.kept, json.loads(ENCODER.encode(answer.timeseries))))
             return found
@@ -492,7 +492,7 @@ def test_a_day_not_over_is_not_kept(api: TestClient, tenant: Tenant, settings) -
     async def kept_ends() -> list[datetime]:
         client = await connect(settings.clickhouse_url)
         try:
-            result = await client.query("SELECT period_end FROM field_period_states WHERE workspace_id = {w:UUID}",
+            result = await client.query("SELECT period_end FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
                                         parameters={"w": tenant.id})
             return [row[0] for row in result.result_rows]
         finally:

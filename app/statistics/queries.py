@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 GK_ACCURACY = 200
 QUANTILE_LEVELS = (0.1, 0.9, 0.99)
 LEVELS = ", ".join(str(level) for level in QUANTILE_LEVELS)
+MERGED_QUANTILES = f"quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles)"
 COST_FIELD = "_cost.amount"
 
 # The rollup grains, coarsest first, with their bucket length in seconds and the function that finds the
@@ -129,8 +130,7 @@ def field_rows_sql(grains: Sequence[str], by_period: bool, selection: Selection)
 def field_values_sql(grains: Sequence[str], by_period: bool, selection: Selection, with_totals: bool = False) -> str:
     return (
         f"SELECT field, name, key, sum(value_count), sum(value_total), sum(exact_total), "
-        f"quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) "
-        f"FROM ({field_rows_sql(grains, by_period, selection)})"
+        f"{MERGED_QUANTILES} FROM ({field_rows_sql(grains, by_period, selection)})"
         + _group_by("field, name", with_totals)
     )
 
@@ -192,11 +192,11 @@ async def field_values(
     }
 
 
-# Kept period states (schema/0020) -------------------------------------------------------------------------
+# Kept period quantiles (schema/0020) ----------------------------------------------------------------------
 
-# A kept state's period: its index among the request's periods (0: none of them), and that period's end. The
-# last with its start, as PERIOD_SQL finds a row's: a local day a zone skipped (Apia's 2011-12-30) is an empty
-# period starting where the next day does.
+# A kept period's index among the request's periods (0: none of them), and that period's end. The last with
+# its start, as PERIOD_SQL finds a row's: a local day a zone skipped (Apia's 2011-12-30) is an empty period
+# starting where the next day does.
 KEPT_KEY = "arrayLastIndex(start -> start = toUInt32(period_start), {starts:Array(UInt32)})"
 PERIOD_END = "toDateTime(arrayConcat({starts:Array(UInt32)}, [{hi:UInt32}])[key + 1], 'UTC')"
 # (field, name, period key, values) rows, sent as temporary tables: a long range has thousands.
@@ -213,9 +213,9 @@ def period_keys(**tables: list[tuple[str, str, int, int]]) -> ExternalData:
 
 
 def kept_rows_sql(selection: Selection) -> str:
-    """The kept states of exactly the request's periods."""
+    """The kept quantiles of exactly the request's periods."""
     return (
-        f"SELECT field, name, {KEPT_KEY} AS key, value_count, value_quantiles FROM field_period_states "
+        f"SELECT field, name, {KEPT_KEY} AS key, value_count, quantiles FROM field_period_quantiles "
         f"WHERE workspace_id = {{ws:UUID}} AND field IN {{fields:Array(String)}}{_names_filter(selection)} "
         f"AND period_start >= {RANGE_START} AND period_start < {RANGE_END} AND key > 0 AND period_end = {PERIOD_END}"
     )
@@ -229,28 +229,25 @@ def period_sums_sql(grains: Sequence[str], selection: Selection) -> str:
 
 
 def period_quantiles_sql(grains: Sequence[str], selection: Selection) -> str:
-    """Per (field, name, period): the quantiles from its kept state where the temporary table `kept` names it
-    with the count the rollups hold now, else merged from the rollups."""
+    """Per (field, name, period): its kept quantiles where the temporary table `kept` names them with the count
+    the rollups hold now, else merged from the rollups."""
     return (
-        f"SELECT field, name, key, quantilesGKMerge({GK_ACCURACY}, {LEVELS})(value_quantiles) FROM ("
-        f"  SELECT field, name, key, value_quantiles FROM ({kept_rows_sql(selection)}) "
-        "  WHERE (field, name, key, value_count) IN (SELECT field, name, key, count FROM kept) "
-        "  LIMIT 1 BY field, name, key"
-        "  UNION ALL"
-        f"  SELECT field, name, key, value_quantiles FROM ({field_rows_sql(grains, True, selection)}) "
-        "  WHERE (field, name, key) NOT IN (SELECT field, name, key FROM kept)"
-        ") GROUP BY field, name, key"
+        f"SELECT field, name, key, quantiles FROM ({kept_rows_sql(selection)}) "
+        "WHERE (field, name, key, value_count) IN (SELECT field, name, key, count FROM kept) "
+        "LIMIT 1 BY field, name, key "
+        "UNION ALL "
+        f"SELECT field, name, key, {MERGED_QUANTILES} FROM ({field_rows_sql(grains, True, selection)}) "
+        "WHERE (field, name, key) NOT IN (SELECT field, name, key FROM kept) GROUP BY field, name, key"
     )
 
 
-def keep_period_states_sql(grains: Sequence[str], selection: Selection) -> str:
-    """Keeps the merged state of each (field, name, period) the temporary table `missing` names."""
+def keep_period_quantiles_sql(grains: Sequence[str], selection: Selection) -> str:
+    """Keeps the quantiles of each (field, name, period) the temporary table `missing` names."""
     return (
-        "INSERT INTO field_period_states "
-        "(workspace_id, field, name, period_start, period_end, value_count, value_quantiles) "
+        "INSERT INTO field_period_quantiles "
+        "(workspace_id, field, name, period_start, period_end, value_count, quantiles) "
         f"SELECT {{ws:UUID}}, field, name, toDateTime({{starts:Array(UInt32)}}[key], 'UTC'), {PERIOD_END}, "
-        f"sum(value_count), quantilesGKMergeState({GK_ACCURACY}, {LEVELS})(value_quantiles) "
-        f"FROM ({field_rows_sql(grains, True, selection)}) "
+        f"sum(value_count), {MERGED_QUANTILES} FROM ({field_rows_sql(grains, True, selection)}) "
         "WHERE (field, name, key) IN (SELECT field, name, key FROM missing) GROUP BY field, name, key"
     )
 
@@ -259,9 +256,9 @@ async def field_values_keeping_periods(
     client: AsyncClient, grains: Sequence[str], splits: Mapping[str, Sequence[int]], selection: Selection,
     over_by: int,
 ) -> tuple[FieldValues, int]:
-    """field_values by period, where each period's quantiles are those of its kept state while that holds as many
-    values as the rollups do now, else merged from the rollups; a period over by `over_by` (Unix seconds) and
-    not kept yet is kept for the next request. Also: how many quantiles came from kept states."""
+    """field_values by period, where each period's quantiles are those kept of it while the rollups hold as many
+    values as they were merged from, else merged from the rollups; a period over by `over_by` (Unix seconds) and
+    not kept yet is kept for the next request. Also: how many quantiles were kept ones."""
     parameters = {**selection.parameters(), **split_parameters(splits)}
     sums, kept = await asyncio.gather(
         client.query(period_sums_sql(grains, selection), parameters=parameters),
@@ -281,7 +278,7 @@ async def field_values_keeping_periods(
     else:
         merged = await quantiles
     while any(item[:3] not in merged for item in fresh):
-        # Kept again with a larger count by another request (late events), the matching state merged away
+        # Kept again with a larger count by another request (late events), the matching row merged away
         # meanwhile: those periods are read from the rollups instead.
         fresh = [item for item in fresh if item[:3] in merged]
         merged = await _period_quantiles(client, grains, selection, parameters, fresh)
@@ -302,7 +299,7 @@ async def _keep(client: AsyncClient, grains: Sequence[str], selection: Selection
                 missing: list[tuple[str, str, int, int]]) -> None:
     # Only a saving for later requests: the answer at hand does not depend on it.
     try:
-        await client.command(keep_period_states_sql(grains, selection), parameters=parameters,
+        await client.command(keep_period_quantiles_sql(grains, selection), parameters=parameters,
                              external_data=period_keys(missing=missing))
     except (DatabaseError, OperationalError) as error:
-        log.warning("could not keep merged period states: %s", error)
+        log.warning("could not keep period quantiles: %s", error)

@@ -10,7 +10,7 @@ from app.statistics import service
 # Which sources answered: rollup grains joined by "+" (e.g. "1h+15m") or "raw". For tests and operators.
 SOURCE_HEADER = "X-Statistics-Source"
 TOTALS_SOURCE_HEADER = "X-Statistics-Totals-Source"
-# How many (field, name, period) percentiles came from merged states kept of past local days (schema/0020).
+# How many (field, name, period) percentiles were kept ones of past local days (schema/0020).
 KEPT_HEADER = "X-Statistics-Kept-Periods"
 # Litestar writes Decimals as strings; the contract wants `_cost.amount` totals as exact JSON numbers.
 ENCODER = msgspec.json.Encoder(decimal_format="number")

@@ -77,7 +77,7 @@ class Answer:
     timeseries: Timeseries
     periods_plan: Plan
     totals_plan: Plan
-    # How many (field, name, period) quantiles came from kept period states (schema/0020).
+    # How many (field, name, period) quantiles were kept ones (schema/0020).
     kept: int = 0
 
 

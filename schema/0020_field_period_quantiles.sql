@@ -3,15 +3,16 @@
 -- each value, so that merge reads as many tuples as the day has values: a 30-day New York series took about
 -- 200 ms for its quantiles at 10M events, against 30 for UTC days from the daily rollup. No view can keep
 -- such days ahead of a request (they depend on the zone asked for), so the statistics keep each one here once
--- it has been asked for and is over: the merged state of one field and name over [period_start, period_end),
--- with the number of values it merged (app/statistics/queries.py).
+-- it has been asked for and is over: the p10, p90 and p99 of one field and name over [period_start,
+-- period_end), merged from the rollups, with the number of values they were merged from
+-- (app/statistics/queries.py).
 --
--- A kept state answers only while the rollups hold exactly as many values of that field, name and span:
--- the rollups only ever gain values (dedup keeps every event out but its first), so the same count is the same
+-- Kept quantiles answer only while the rollups hold exactly as many values of that field, name and span: the
+-- rollups only ever gain values (dedup keeps every event out but its first), so the same count is the same
 -- values, and an event stored late into a kept day makes it merge from the rollups again (and be kept anew,
 -- the larger count replacing the smaller). A migration that rebuilds field_stats_* must empty this table.
 
-CREATE TABLE IF NOT EXISTS field_period_states
+CREATE TABLE IF NOT EXISTS field_period_quantiles
 (
     workspace_id UUID,
     field LowCardinality(String),
@@ -19,7 +20,7 @@ CREATE TABLE IF NOT EXISTS field_period_states
     period_start DateTime('UTC'),
     period_end DateTime('UTC'),
     value_count UInt64,
-    value_quantiles AggregateFunction(quantilesGK(200, 0.1, 0.9, 0.99), Float64)
+    quantiles Array(Float64)
 )
 ENGINE = ReplacingMergeTree(value_count)
 PARTITION BY toYYYYMM(period_start)
