@@ -1,6 +1,7 @@
 """Fixtures every test uses: one real ClickHouse server and one real redis-server per session, a migrated
 database, the API under test, and fresh workspaces (tenancy isolates tests from each other)."""
 
+import asyncio
 import os
 import shutil
 import socket
@@ -16,10 +17,23 @@ from litestar.testing import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
 from tests.redis_server import RedisProcess, start_redis
 
 OPERATOR_TOKEN = "operator-test-token"
+
+
+def run_sql(clickhouse_url: str, sql: str, parameters: dict | None = None) -> list[tuple]:
+    """The rows of one query, straight from ClickHouse."""
+    async def query() -> list[tuple]:
+        client = await connect(clickhouse_url)
+        try:
+            return list((await client.query(sql, parameters=parameters)).result_rows)
+        finally:
+            await client.close()
+
+    return asyncio.run(query())
 
 
 def free_port() -> int:

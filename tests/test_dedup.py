@@ -22,7 +22,7 @@ from app.main import REDIS_TIMEOUT_SECONDS, create_app
 from app.warehouse.client import connect
 from app.warehouse.embedded import EmbeddedServer
 from tests.api_process import ApiProcess
-from tests.conftest import OPERATOR_TOKEN, Tenant, create_tenant, free_port
+from tests.conftest import OPERATOR_TOKEN, Tenant, create_tenant, free_port, run_sql
 from tests.redis_server import start_redis
 
 
@@ -78,17 +78,6 @@ def test_concurrent_requests_across_two_processes_store_each_key_once(
     assert sum(answer["inserted"] + answer["duplicates"] for answer in answers) == 24 * 300
     counts = stored_counts(clickhouse_url, tenant.id)
     assert set(counts) == set().union(*batches) and set(counts.values()) == {1}
-
-
-def run_sql(clickhouse_url: str, sql: str, parameters: dict | None = None) -> list[tuple]:
-    async def query() -> list[tuple]:
-        client = await connect(clickhouse_url)
-        try:
-            return list((await client.query(sql, parameters=parameters)).result_rows)
-        finally:
-            await client.close()
-
-    return asyncio.run(query())
 
 
 def alter(clickhouse_url: str, sql: str) -> None:

@@ -29,7 +29,7 @@ from app.statistics.routes import KEPT_HEADER, SOURCE_HEADER, TOTALS_SOURCE_HEAD
 from app.warehouse.client import connect, with_database
 from app.warehouse.migrations import migrate, migration_files
 from tests.bruteforce import PERCENTILES, percentile_rank_ok, periods, timeseries
-from tests.conftest import Tenant, create_tenant
+from tests.conftest import Tenant, create_tenant, run_sql
 from tests.test_usage import meta_matches
 
 PATH = "/api/events/statistics/timeseries"
@@ -426,8 +426,8 @@ def test_a_day_after_a_skipped_one_is_kept_once(api: TestClient, tenant: Tenant,
     assert_matches(request(api, tenant, **params).json(), reference, ["duration_ms"], "Apia")
     days = {datetime.fromisoformat(e["timestamp"]).astimezone(ZoneInfo("Pacific/Apia")).date() for e in events}
     assert kept == ["0", str(len(days)), str(len(days))]
-    rows = asyncio.run(sql_rows(settings, "SELECT count() FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
-                                {"w": tenant.id}))
+    rows = run_sql(settings.clickhouse_url, "SELECT count() FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
+                   {"w": tenant.id})
     assert rows == [(len(days),)]
 
 
@@ -472,14 +472,6 @@ def test_kept_quantiles_gone_before_they_are_read_are_merged_from_the_rollups(te
     assert_matches(answer, reference, FIELDS, "states gone")
 
 
-async def sql_rows(settings, sql: str, parameters: dict[str, Any]) -> list[tuple]:
-    client = await connect(settings.clickhouse_url)
-    try:
-        return list((await client.query(sql, parameters=parameters)).result_rows)
-    finally:
-        await client.close()
-
-
 def test_a_day_not_over_is_not_kept(api: TestClient, tenant: Tenant, settings) -> None:
     now = datetime.now(UTC)
     ingest(api, tenant, [{"name": "today", "timestamp": (now - ago).isoformat(), "external_customer_id": "c",
@@ -489,16 +481,8 @@ def test_a_day_not_over_is_not_kept(api: TestClient, tenant: Tenant, settings) -
               "interval": "day", "timezone": "America/New_York", "aggregate_fields": ["duration_ms"]}
     assert [request(api, tenant, **params).headers[KEPT_HEADER] for _ in range(2)] == ["0", "1"]
 
-    async def kept_ends() -> list[datetime]:
-        client = await connect(settings.clickhouse_url)
-        try:
-            result = await client.query("SELECT period_end FROM field_period_quantiles WHERE workspace_id = {w:UUID}",
-                                        parameters={"w": tenant.id})
-            return [row[0] for row in result.result_rows]
-        finally:
-            await client.close()
-
-    [end] = asyncio.run(kept_ends())
+    [(end,)] = run_sql(settings.clickhouse_url,
+                       "SELECT period_end FROM field_period_quantiles WHERE workspace_id = {w:UUID}", {"w": tenant.id})
     assert end <= now
 
 

@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import msgspec
 from clickhouse_connect.driver.asyncclient import AsyncClient
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from clickhouse_connect.driver.external import ExternalData
 
 from app.customers.queries import distinct_customers_of_bitmaps, distinct_customers_of_numbers
+from app.warehouse.client import column_tables
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,9 @@ PERIOD_END = "toDateTime(arrayConcat({starts:Array(UInt32)}, [{hi:UInt32}])[key 
 PERIOD_KEYS = "field String, name String, key UInt32, count UInt64"
 
 
-def period_keys(**tables: list[tuple[str, str, int, int]]) -> ExternalData:
-    external = ExternalData()
-    for table, rows in tables.items():
-        columns = [list(column) for column in zip(*rows, strict=True)] or [[], [], [], []]
-        external.add_file(file_name=table, data=msgspec.json.encode(columns), fmt="JSONCompactColumns",
-                          structure=PERIOD_KEYS)
-    return external
+def period_keys(table: str, rows: list[tuple[str, str, int, int]]) -> ExternalData:
+    columns = [list(column) for column in zip(*rows, strict=True)] or [[], [], [], []]
+    return column_tables(PERIOD_KEYS, **{table: columns})
 
 
 def kept_rows_sql(selection: Selection) -> str:
@@ -291,7 +287,7 @@ async def _period_quantiles(client: AsyncClient, grains: Sequence[str], selectio
                             parameters: dict[str, Any], fresh: list[tuple[str, str, int, int]]
                             ) -> dict[tuple[str, str, int], list[float]]:
     found = await client.query(period_quantiles_sql(grains, selection), parameters=parameters,
-                               external_data=period_keys(kept=fresh))
+                               external_data=period_keys("kept", fresh))
     return {(field, name, key): list(levels) for field, name, key, levels in found.result_rows}
 
 
@@ -300,6 +296,6 @@ async def _keep(client: AsyncClient, grains: Sequence[str], selection: Selection
     # Only a saving for later requests: the answer at hand does not depend on it.
     try:
         await client.command(keep_period_quantiles_sql(grains, selection), parameters=parameters,
-                             external_data=period_keys(missing=missing))
+                             external_data=period_keys("missing", missing))
     except (DatabaseError, OperationalError) as error:
         log.warning("could not keep period quantiles: %s", error)

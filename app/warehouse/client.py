@@ -1,7 +1,8 @@
 """The one path to ClickHouse: clickhouse-connect's async HTTP client, for the embedded server and any other."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import clickhouse_connect
@@ -70,12 +71,17 @@ def with_database(url: str, database: str) -> str:
     return parts._replace(path=f"/{database}").geturl()
 
 
-def string_sets(**sets: Iterable[str]) -> ExternalData:
-    """Sets of strings sent with a query as temporary tables `name(value String)`: a set of thousands of keys
-    does not fit in a bound parameter (ClickHouse's HTTP form fields are limited in size)."""
+def column_tables(structure: str, **tables: Sequence[Sequence[Any]]) -> ExternalData:
+    """Tables sent with a query as temporary tables `name(structure)`, each given as its columns: a set of
+    thousands of keys does not fit in a bound parameter (ClickHouse's HTTP form fields are limited in size)."""
     external = ExternalData()
-    for name, values in sets.items():
-        # One JSON array for the whole column, encoded in one call: a round looks up thousands of keys.
-        column = b"[" + msgspec.json.encode(list(values)) + b"]"
-        external.add_file(file_name=name, data=column, fmt="JSONCompactColumns", structure="value String")
+    for name, columns in tables.items():
+        # One JSON document for the whole table, encoded in one call: a round looks up thousands of keys.
+        external.add_file(file_name=name, data=msgspec.json.encode(columns), fmt="JSONCompactColumns",
+                          structure=structure)
     return external
+
+
+def string_sets(**sets: Iterable[str]) -> ExternalData:
+    """Sets of strings as temporary tables `name(value String)`."""
+    return column_tables("value String", **{name: [list(values)] for name, values in sets.items()})
